@@ -29,8 +29,10 @@ def claim(session: Session, consumer: str, message: Message) -> Duplicate | None
         insert(ProcessedEvent)
         .values(consumer=consumer, source=message.source, event_id=message.id)
         .on_conflict_do_nothing()
+        .returning(ProcessedEvent.event_id)
     )
-    if session.execute(stmt).rowcount == 1:
+    # RETURNING, not rowcount: drivers disagree on rowcount for INSERT .. ON CONFLICT.
+    if session.execute(stmt).scalar_one_or_none() is not None:
         return None
     stored = session.execute(
         select(ProcessedEvent.reply).where(

@@ -76,7 +76,7 @@ class LocalBroker:
         *,
         chaos: Chaos = Chaos(),
         workers: int = 8,
-        poll_s: float = 0.5,
+        poll_s: float = 1.0,
     ) -> None:
         self.spec = spec
         self.name = spec.broker
@@ -202,8 +202,24 @@ class LocalBroker:
                 assert self._pool is not None
                 self._pool.submit(self._deliver_guarded, row_id)
             if not claimed:
-                self._wake.wait(self.poll_s)
+                self._wake.wait(self._idle_wait())
                 self._wake.clear()
+
+    def _idle_wait(self) -> float:
+        """Sleep until the next delayed delivery is due (retries keep their backoff exactly),
+        at most `poll_s`; new events wake the loop at once."""
+        try:
+            with self.sessions() as session:
+                due = session.execute(
+                    select(func.min(BrokerDelivery.next_attempt_at)).where(
+                        BrokerDelivery.broker == self.name, BrokerDelivery.lease_until.is_(None)
+                    )
+                ).scalar_one()
+        except Exception:
+            return self.poll_s
+        if due is None:
+            return self.poll_s
+        return max(0.0, min(self.poll_s, (due - utcnow()).total_seconds()))
 
     def _claim(self, limit: int) -> list[int]:
         now = utcnow()
