@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from types import MappingProxyType
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +40,7 @@ def parse_time(value: str) -> dt.datetime:
 
 @dataclass(frozen=True)
 class Message:
-    """An immutable CloudEvent: context attributes (all strings) plus JSON data."""
+    """An immutable CloudEvent: context attributes (all strings, read-only) plus JSON data."""
 
     attributes: Mapping[str, str]
     data: Any = None
@@ -50,8 +51,11 @@ class Message:
         missing = [name for name in REQUIRED if not attrs.get(name)]
         if missing:
             raise InvalidCloudEvent(f"missing required attribute(s): {', '.join(missing)}")
-        object.__setattr__(self, "attributes", attrs)
+        object.__setattr__(self, "attributes", MappingProxyType(attrs))
         object.__setattr__(self, "_frozen_attrs", tuple(sorted(attrs.items())))
+
+    def __hash__(self) -> int:
+        return hash((self._frozen_attrs, canonical_json(self.data)))
 
     @property
     def id(self) -> str:
@@ -132,11 +136,6 @@ def _from_sdk(event: CloudEvent) -> Message:
     attrs = {k: str(v) for k, v in event.get_attributes().items() if v is not None}
     data = event.get_data()
     if isinstance(data, bytes | bytearray):
-        try:
-            data = json.loads(data) if data else None
-        except ValueError as exc:
-            raise InvalidCloudEvent(f"data is not JSON: {exc}") from exc
-    elif isinstance(data, str) and attrs.get("datacontenttype", "").endswith("json"):
         try:
             data = json.loads(data) if data else None
         except ValueError as exc:

@@ -18,7 +18,7 @@ import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from events.envelope import Message, parse_time
+from events.envelope import Message, canonical_json, parse_time
 from events.errors import AuthenticationError, ReplayError
 from events.replay import ReplayGuard, parse_sequence
 
@@ -54,10 +54,11 @@ class Keyring:
 
 
 def _signing_input(msg: Message) -> bytes:
+    # A JSON array, not a joined string: no attribute value can shift into its neighbour.
     parts = [SCHEME]
-    parts += [msg.get(name) or "" for name in SIGNED_ATTRIBUTES]
+    parts += [msg.get(name) for name in SIGNED_ATTRIBUTES]
     parts.append(hashlib.sha256(msg.data_bytes()).hexdigest())
-    return "\n".join(parts).encode()
+    return canonical_json(parts)
 
 
 def _mac(secret: bytes, msg: Message) -> str:

@@ -88,11 +88,8 @@ def test_tampering_after_signing_is_refused(tamper) -> None:  # type: ignore[no-
 
 
 def test_signed_fields_cannot_be_shifted_across_a_newline() -> None:
-    """BUG (events/signing.py, _signing_input, lines 57-61): the signed fields are joined with
-    "\\n" without escaping or length prefixes, so a value containing a newline can be moved
-    into the neighbouring field: type "t" + subject "A\\nB" signs the same bytes as
-    type "t\\nA" + subject "B". A re-labelled message should be refused.
-    """
+    """Signed fields are framed, so a value containing a newline cannot be moved into the
+    neighbouring field (type "t" + subject "A\\nB" vs type "t\\nA" + subject "B")."""
     signed = sign(new_message("t", GUEST_SOURCE, {}, subject="A\nB", time=NOW), GUEST_KEY)
     relabelled = signed.with_attributes(type="t\nA", subject="B")
     with pytest.raises(AuthenticationError):
