@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh machine:
+#   make run    install, start the local platform on 127.0.0.1:8779 and demonstrate it
+#   make test   install, make sure the test servers run, run the whole test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run up test services bench-cold-start clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: install
+	bash infra/dev/run.sh
+
+up: install
+	$(BIN)/troveless up
+
+services:
+	bash infra/dev/ensure-services.sh
+
+test: install services
+	$(BIN)/python -m pytest -q
+
+bench-cold-start: install
+	$(BIN)/python bench/cold_start.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
