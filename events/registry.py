@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from events import guest
 from events.base import Event
 from events.envelope import Message
 from events.errors import InvalidEventData, UnknownEventType
@@ -54,5 +55,15 @@ def known_families() -> list[str]:
     return sorted(_FAMILIES)
 
 
-for _model in (StepRequested, ScheduleTick):
+for _model in (
+    StepRequested,
+    ScheduleTick,
+    guest.PrepareRequested,
+    guest.RestartRequested,
+    guest.StopRequested,
+    guest.StartRequested,
+    guest.StatusRequested,
+    guest.GuestHeartbeat,
+    guest.GuestStatusReported,
+):
     register(_model)
