@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from events.envelope import Message
     from events.publisher import Publisher
     from functions.core.auth import Authenticator
+    from functions.drivers.compute_local import LocalCompute
+    from functions.drivers.guest_client import GuestClient
 
 log = logging.getLogger("troveless.runtime")
 
@@ -56,6 +58,20 @@ class Runtime:
         from functions.core.auth import TokenFile
 
         return TokenFile(self.settings.token_file)
+
+    @cached_property
+    def compute(self) -> LocalCompute:
+        from functions.drivers.compute_local import LocalCompute
+
+        return LocalCompute(
+            self.settings.data_dir / "instances", heartbeat_interval_s=self.settings.heartbeat_interval_s
+        )
+
+    @cached_property
+    def guest(self) -> GuestClient:
+        from functions.drivers.guest_client import GuestClient
+
+        return GuestClient()
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

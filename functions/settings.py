@@ -12,6 +12,10 @@ TOKEN_FILE_ENV = "TROVELESS_TOKEN_FILE"
 
 
 def default_data_dir() -> Path:
+    """~/.local/share/troveless; as root /var/lib/troveless, because the database servers
+    then run as an unprivileged user who must be able to reach the instances' data."""
+    if os.geteuid() == 0 and not os.environ.get("XDG_DATA_HOME"):
+        return Path("/var/lib/troveless")
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "troveless"
 
@@ -22,6 +26,8 @@ class Settings:
     database_url: str
     token_file: Path
     broker_url: str | None
+    # Seconds between guest heartbeats (the local compute driver passes it to each agent).
+    heartbeat_interval_s: float = 5.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -33,4 +39,5 @@ class Settings:
             database_url=os.environ.get(DATABASE_URL_ENV) or f"sqlite:///{data_dir / 'troveless.db'}",
             token_file=Path(os.environ.get(TOKEN_FILE_ENV) or data_dir / "tokens.json"),
             broker_url=sink_url_from_env(),
+            heartbeat_interval_s=float(os.environ.get("TROVELESS_HEARTBEAT_INTERVAL", "5")),
         )

@@ -11,3 +11,13 @@ def links(base_url: str, project_id: str, collection: str, resource_id: str) -> 
         {"href": f"{base_url}/v1.0/{project_id}/{collection}/{resource_id}", "rel": "self"},
         {"href": f"{base_url}/{collection}/{resource_id}", "rel": "bookmark"},
     ]
+
+
+def next_link(url: str, marker: str) -> list[dict[str, str]]:
+    """Trove's paging link: the request URL with `marker` replaced (rel=next)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "marker"]
+    query.append(("marker", marker))
+    return [{"rel": "next", "href": urlunsplit(parts._replace(query=urlencode(query)))}]

@@ -47,6 +47,14 @@ class RunStatus(StrEnum):
     COMPENSATING = "COMPENSATING"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def active(self) -> bool:
+        return self in (RunStatus.RUNNING, RunStatus.WAITING, RunStatus.COMPENSATING)
+
+
+ACTIVE_STATUSES = (RunStatus.RUNNING, RunStatus.WAITING, RunStatus.COMPENSATING)
 
 
 class Outcome(StrEnum):
@@ -116,14 +124,18 @@ class Step:
     redeliver_after_s: float = 30.0
 
 
+FailureHook = Callable[[Session, WorkflowRun], None]
+
+
 class Workflow:
-    def __init__(self, name: str, steps: Sequence[Step]) -> None:
+    def __init__(self, name: str, steps: Sequence[Step], *, on_failure: FailureHook | None = None) -> None:
         if not steps:
             raise ValueError(f"workflow {name!r} has no steps")
         names = [s.name for s in steps]
         if len(set(names)) != len(names):
             raise ValueError(f"workflow {name!r} has duplicate step names")
         self.name = name
+        self.on_failure = on_failure
         self.steps = tuple(steps)
         self._by_name = {s.name: s for s in steps}
 
@@ -310,7 +322,7 @@ def _begin_compensation(
     run.status = RunStatus.COMPENSATING
     if failed.compensate is not None:
         return _compensate_next(run, failed, now)
-    return _next_compensation(workflow, run, now)
+    return _next_compensation(session, workflow, run, now)
 
 
 def _compensate(session: Session, workflow: Workflow, run: WorkflowRun, step: Step, now: dt.datetime) -> Message | None:
@@ -329,14 +341,14 @@ def _compensate(session: Session, workflow: Workflow, run: WorkflowRun, step: St
                 return None
             _record(session, run, step.name, "compensate", Outcome.COMPENSATION_FAILED, now, error)
             run.error = f"{run.error}; compensation of step {step.name!r} failed: {error} (needs an operator)"
-            return _finish_failed(workflow, run, now)
+            return _finish_failed(session, workflow, run, now)
         savepoint.commit()
         run.context = ctx.context
         _record(session, run, step.name, "compensate", Outcome.COMPENSATED, now)
-    return _next_compensation(workflow, run, now)
+    return _next_compensation(session, workflow, run, now)
 
 
-def _next_compensation(workflow: Workflow, run: WorkflowRun, now: dt.datetime) -> Message | None:
+def _next_compensation(session: Session, workflow: Workflow, run: WorkflowRun, now: dt.datetime) -> Message | None:
     stack = list(run.completed or [])
     while stack:
         step = workflow.step(stack.pop())
@@ -344,7 +356,7 @@ def _next_compensation(workflow: Workflow, run: WorkflowRun, now: dt.datetime) -
             run.completed = stack
             return _compensate_next(run, step, now)
     run.completed = []
-    return _finish_failed(workflow, run, now)
+    return _finish_failed(session, workflow, run, now)
 
 
 def _compensate_next(run: WorkflowRun, step: Step, now: dt.datetime) -> Message:
@@ -355,13 +367,40 @@ def _compensate_next(run: WorkflowRun, step: Step, now: dt.datetime) -> Message:
     return step_message(run, step.name, 1, "compensate")
 
 
-def _finish_failed(workflow: Workflow, run: WorkflowRun, now: dt.datetime) -> None:
+def _finish_failed(session: Session, workflow: Workflow, run: WorkflowRun, now: dt.datetime) -> None:
     run.status = RunStatus.FAILED
     run.step = None
     run.deadline_at = run.next_run_at = None
     run.finished_at = now
     log.warning("run %s of %s FAILED: %s", run.id, workflow.name, run.error)
+    if workflow.on_failure is not None:
+        workflow.on_failure(session, run)
     return None
+
+
+def cancel(session: Session, run_id: str, reason: str) -> bool:
+    """Stop an active run where it is (no compensation: the canceller owns the cleanup).
+    Waits for a step that is running right now, since it holds the run's lock."""
+    run = _lock_run(session, run_id)
+    if not RunStatus(run.status).active:
+        return False
+    run.status = RunStatus.CANCELLED
+    run.error = reason
+    run.deadline_at = run.next_run_at = None
+    run.finished_at = utcnow()
+    return True
+
+
+def active_runs(session: Session, resource_id: str, workflows: Sequence[str]) -> list[WorkflowRun]:
+    return list(
+        session.execute(
+            select(WorkflowRun).where(
+                WorkflowRun.resource_id == resource_id,
+                WorkflowRun.workflow.in_(workflows),
+                WorkflowRun.status.in_(ACTIVE_STATUSES),
+            )
+        ).scalars()
+    )
 
 
 def resume(

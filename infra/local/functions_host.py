@@ -77,6 +77,8 @@ class Gateway:
                 self.routes.append((fn.trigger.http.method, _compile(fn.trigger.http.path), apps[name]))
             elif fn.trigger.webhook:
                 self.routes.append(("POST", _compile(fn.trigger.webhook.path), apps[name]))
+        # A literal segment beats a parameter: GET /instances/detail is not /instances/{id}.
+        self.routes.sort(key=lambda route: route[1].pattern.count("[^/]+"))
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         from functions.api._http import fault_body

@@ -99,6 +99,7 @@ class Platform:
 
         reset_runtime()
         rt = runtime()
+        self._seed_catalog(rt)
 
         started = time.perf_counter()
         apps = build_apps(self.spec)
@@ -133,6 +134,19 @@ class Platform:
         log.info("functions %s  (%d functions)", functions_base, len(apps))
         if self.scheduler:
             log.info("scheduler: %s", ", ".join(sorted(self.scheduler.jobs)))
+
+    def _seed_catalog(self, rt: Any) -> None:
+        """First start: offer the database servers installed here, and default flavors."""
+        from functions.core import catalog
+        from functions.drivers import binaries
+
+        installed = binaries.detect()
+        with rt.transaction() as session:
+            added = catalog.seed(session, installed)
+        if added:
+            log.info("catalog: added %s", ", ".join(added))
+        if not installed:
+            log.warning("no PostgreSQL or MariaDB server binaries found: instances cannot be created")
 
     def stop(self) -> None:
         log.info("stopping")

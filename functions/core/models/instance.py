@@ -102,3 +102,7 @@ class ServiceStatus(Base):
     last_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
     # Ours: last heartbeat, kept apart from updated_at so admin writes do not fake liveness.
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    # Ours: what the last heartbeat said, shown in instance views.
+    guest_detail: Mapped[str | None] = mapped_column(Text)
+    datastore_version: Mapped[str | None] = mapped_column(String(64))
+    volume_used_bytes: Mapped[int | None] = mapped_column(BigInteger)

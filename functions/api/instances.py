@@ -1,0 +1,111 @@
+"""/v1.0/{project_id}/instances: one function per verb."""
+
+from __future__ import annotations
+
+import functions_framework
+
+from functions.api._http import ApiRequest, api
+from functions.core import instance_views as views
+from functions.core import instances
+from functions.core.errors import BadRequest, NotImplementedFeature
+from functions.core.models.base import utcnow
+from functions.core.schemas import parse
+from functions.core.schemas.instances import InstanceCreate, InstanceUpdate
+from functions.core.views import next_link
+from functions.runtime import unit_of_work
+
+BASE = "/v1.0/{project_id}/instances"
+
+
+@functions_framework.http
+@api("POST", BASE)
+def create_instance(req: ApiRequest):  # type: ignore[no-untyped-def]
+    body = parse(InstanceCreate, req.json(), "instance")
+    with unit_of_work() as work:
+        row, events = instances.create(work.session, req.project_id, body)
+        work.emit(events)
+        view = views.detail(row, req.host_url, req.project_id, utcnow(), admin=_admin(req))
+    return 200, {"instance": view}
+
+
+def _list(req: ApiRequest, detailed: bool):  # type: ignore[no-untyped-def]
+    now = utcnow()
+    with unit_of_work() as work:
+        rows, marker = instances.list_rows(work.session, req.project_id, req.query.get("limit"), req.query.get("marker"))
+        render = views.detail if detailed else views.basic
+        body = {"instances": [render(r, req.host_url, req.project_id, now) for r in rows]}
+    if marker:
+        body["links"] = next_link(req.url, marker)
+    return 200, body
+
+
+@functions_framework.http
+@api("GET", BASE)
+def list_instances(req: ApiRequest):  # type: ignore[no-untyped-def]
+    return _list(req, detailed=False)
+
+
+@functions_framework.http
+@api("GET", BASE + "/detail")
+def list_instances_detail(req: ApiRequest):  # type: ignore[no-untyped-def]
+    return _list(req, detailed=True)
+
+
+@functions_framework.http
+@api("GET", BASE + "/{instance_id}")
+def show_instance(req: ApiRequest):  # type: ignore[no-untyped-def]
+    with unit_of_work() as work:
+        row = instances.get_row(work.session, req.project_id, req.params["instance_id"])
+        view = views.detail(row, req.host_url, req.project_id, utcnow(), with_usage=True, admin=_admin(req))
+    return 200, {"instance": view}
+
+
+def _update(req: ApiRequest):  # type: ignore[no-untyped-def]
+    body = parse(InstanceUpdate, req.json(), "instance")
+    with unit_of_work() as work:
+        instances.update(work.session, req.project_id, req.params["instance_id"], body)
+    return 202, None
+
+
+@functions_framework.http
+@api("PUT", BASE + "/{instance_id}")
+def update_instance(req: ApiRequest):  # type: ignore[no-untyped-def]
+    return _update(req)
+
+
+@functions_framework.http
+@api("PATCH", BASE + "/{instance_id}")
+def edit_instance(req: ApiRequest):  # type: ignore[no-untyped-def]
+    return _update(req)
+
+
+@functions_framework.http
+@api("DELETE", BASE + "/{instance_id}")
+def delete_instance(req: ApiRequest):  # type: ignore[no-untyped-def]
+    with unit_of_work() as work:
+        work.emit(instances.delete(work.session, req.project_id, req.params["instance_id"]))
+    return 202, None
+
+
+ACTIONS = {"restart": instances.restart}
+LATER = {"resize", "promote_to_replica_source", "eject_replica_source", "reset_status"}
+
+
+@functions_framework.http
+@api("POST", BASE + "/{instance_id}/action")
+def instance_action(req: ApiRequest):  # type: ignore[no-untyped-def]
+    body = req.json_object()
+    if len(body) != 1:
+        raise BadRequest("Exactly one action is expected in the request body.")
+    [(name, _args)] = body.items()
+    if name in LATER:
+        raise NotImplementedFeature(f"The '{name}' action is not available in this release of Troveless yet.")
+    if name not in ACTIONS:
+        raise BadRequest(f"Invalid instance action: {name}")
+    with unit_of_work() as work:
+        work.emit(ACTIONS[name](work.session, req.project_id, req.params["instance_id"]))
+    return 202, None
+
+
+def _admin(req: ApiRequest) -> bool:
+    return bool(req.identity and req.identity.is_admin)
