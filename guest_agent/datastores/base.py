@@ -1,0 +1,180 @@
+"""What the supervisor needs from a database engine.
+
+A datastore knows its files (data dir, config, pid files), how to initialise them, the argv
+of its server (run as a child of the agent, never daemonised), how to check health with a real
+query over the admin connection, and how to create databases and users safely. It knows
+nothing about HTTP, heartbeats or supervision; the supervisor drives it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import signal
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+from events.guest import DatabaseSpec, UserSpec
+from guest_agent.process import DbUser, Redactor, pid_alive, process_cmdline
+from guest_agent.settings import Settings
+from guest_agent.state import AgentState
+
+log = logging.getLogger(__name__)
+
+
+class DatastoreError(RuntimeError):
+    """A datastore operation failed; the message is safe to report (no secrets)."""
+
+
+def memory_settings_mb(ram_mb: int) -> dict[str, int]:
+    """Shared sizing rules, in MB, so both engines scale with the flavor the same way."""
+    ram_mb = max(ram_mb, 64)
+    return {
+        "quarter": max(16, ram_mb // 4),
+        "half": max(32, ram_mb // 2),
+        "three_quarters": max(32, ram_mb * 3 // 4),
+        # One connection per 16 MB of RAM, but never fewer than 20 nor more than 500.
+        "max_connections": min(500, max(20, ram_mb // 16)),
+    }
+
+
+def parse_version(text: str) -> str:
+    """'postgres (PostgreSQL) 15.20 (Debian ...)' -> '15.20'; '10.11.19-MariaDB-...' -> '10.11.19'."""
+    match = re.search(r"(\d+(?:\.\d+)+)", text)
+    if not match:
+        raise DatastoreError(f"cannot find a version in {text.strip()!r}")
+    return match.group(1)
+
+
+def new_admin_password() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class Datastore(ABC):
+    name: ClassVar[str]
+    # Signal that makes the server shut down cleanly and quickly.
+    stop_signal: ClassVar[int] = signal.SIGTERM
+    # Names the control plane may not create or manage (the engine's and the agent's own).
+    reserved_databases: ClassVar[frozenset[str]] = frozenset()
+    reserved_users: ClassVar[frozenset[str]] = frozenset()
+    # A word that appears in the server's cmdline, to recognise a leftover server by pid.
+    process_marker: ClassVar[str]
+    # Whether initialisation needs a generated admin password (kept in agent.json only).
+    uses_admin_password: ClassVar[bool] = False
+
+    def __init__(self, settings: Settings, user: DbUser, redactor: Redactor) -> None:
+        self.settings = settings
+        self.user = user
+        self.redactor = redactor
+
+    # ------------------------------------------------------------ files and processes
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir
+
+    @property
+    def server_log(self) -> Path:
+        return self.settings.log_dir / f"{self.name}.log"
+
+    @abstractmethod
+    def server_pid_file(self) -> Path:
+        """The pid file the running server writes (used to find a leftover server)."""
+
+    @abstractmethod
+    def version(self) -> str:
+        """The real server version (from the binary), e.g. '15.20'."""
+
+    @abstractmethod
+    def is_initialized(self) -> bool:
+        """True if the data directory holds an initialised cluster."""
+
+    @abstractmethod
+    def initialize(self, state: AgentState) -> None:
+        """Create a fresh cluster in an empty data directory (initdb / install-db)."""
+
+    @abstractmethod
+    def write_config(self, state: AgentState) -> None:
+        """(Re)write the server configuration for this flavor, address and port."""
+
+    @abstractmethod
+    def server_argv(self) -> list[str]:
+        """How to run the server in the foreground."""
+
+    @abstractmethod
+    def ping(self, state: AgentState, timeout: float = 2.0) -> bool:
+        """`SELECT 1` over the admin connection; False (never raises) if it does not answer."""
+
+    @abstractmethod
+    def server_version(self, state: AgentState) -> str | None:
+        """Version reported by the running server (`SELECT version()`), None if unreachable."""
+
+    @abstractmethod
+    def create_database(self, state: AgentState, spec: DatabaseSpec) -> None: ...
+
+    @abstractmethod
+    def create_user(self, state: AgentState, spec: UserSpec) -> None: ...
+
+    def use_version(self, requested: str | None) -> str | None:
+        """Pick binaries for the requested version if several are installed; returns the choice."""
+        return None
+
+    def leftover_server_pid(self) -> int | None:
+        """Pid of a server still running on our data dir (from a previous agent), if any."""
+        path = self.server_pid_file()
+        try:
+            first = path.read_text().split("\n", 1)[0].strip()
+            pid = int(first)
+        except (OSError, ValueError):
+            return None
+        if pid <= 1 or not pid_alive(pid):
+            return None
+        cmdline = " ".join(process_cmdline(pid))
+        if self.process_marker not in cmdline:
+            return None  # the pid was reused by something else: not ours to kill
+        return pid
+
+    def wait_ready(
+        self,
+        state: AgentState,
+        alive: Callable[[], bool],
+        timeout: float = 60.0,
+    ) -> None:
+        """Poll `SELECT 1` until it works; fail fast if the process exits meanwhile."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not alive():
+                raise DatastoreError(f"{self.name} server exited during startup: {self.log_tail()}")
+            if self.ping(state, timeout=1.0):
+                return
+            time.sleep(0.1)
+        raise DatastoreError(f"{self.name} server did not accept connections within {timeout:.0f}s")
+
+    def log_tail(self, lines: int = 3) -> str:
+        try:
+            text = self.server_log.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        tail = " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+        return self.redactor.redact(tail)
+
+    def check_names(self, databases: list[DatabaseSpec], users: list[UserSpec]) -> None:
+        """Refuse to touch the engine's own databases and accounts, and dangling grants."""
+        for db in databases:
+            if db.name.lower() in self.reserved_databases:
+                raise DatastoreError(f"database name {db.name!r} is reserved")
+        known = {db.name for db in databases}
+        for user in users:
+            if user.name.lower() in self.reserved_users:
+                raise DatastoreError(f"user name {user.name!r} is reserved")
+            if not user.password:
+                raise DatastoreError(f"user {user.name!r} has an empty password")
+            for name in user.databases:
+                if name.lower() in self.reserved_databases:
+                    raise DatastoreError(f"user {user.name!r} may not be granted {name!r}")
+                if name not in known:
+                    log.info("user %s is granted database %s, which is not in this request", user.name, name)

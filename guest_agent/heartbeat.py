@@ -1,0 +1,147 @@
+"""Signed status events: periodic heartbeats to the broker and the StatusRequested reply.
+
+A dedicated thread does all network I/O, so a slow or dead broker never blocks the command
+server or the supervisor. Status changes are queued with the snapshot taken *at the change*
+(a CRASHED that lasts 1 s is still reported even if the server is HEALTHY again by the time
+the broker answers). Every event carries a fresh `sequence` from one SequenceCounter shared by
+heartbeats and status replies, so consumers see strictly increasing numbers per source.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from events.envelope import Message
+from events.guest import GuestHeartbeat, GuestStatusReported, guest_source, instance_key
+from events.publisher import Publisher
+from events.replay import SequenceCounter, format_sequence
+from events.signing import sign
+from guest_agent.process import tree_size
+from guest_agent.settings import Settings
+from guest_agent.supervisor import Snapshot
+
+log = logging.getLogger(__name__)
+
+GIB = 1024**3
+
+
+class EventFactory:
+    """Builds signed GuestHeartbeat / GuestStatusReported messages from a snapshot."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        secret: bytes,
+        volume_size_gb: Callable[[], int] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.key = instance_key(settings.instance_id, secret)
+        self.source = guest_source(settings.instance_id)
+        self.counter = SequenceCounter()
+        # The prepare request may carry a newer size than the command line.
+        self.volume_size_gb = volume_size_gb or (lambda: settings.volume_size_gb)
+
+    def _fields(self, snap: Snapshot) -> dict[str, object]:
+        return {
+            "instance_id": self.settings.instance_id,
+            "status": snap.status,
+            "description": snap.description,
+            "datastore": self.settings.datastore,
+            "datastore_version": snap.datastore_version,
+            "volume_used_bytes": tree_size(self.settings.volume_dir),
+            "volume_size_bytes": self.volume_size_gb() * GIB,
+            "server_pid": snap.server_pid,
+            "restarts": snap.restarts,
+        }
+
+    def _sign(self, event: GuestHeartbeat | GuestStatusReported) -> Message:
+        msg = event.to_message(
+            self.source,
+            subject=self.settings.instance_id,
+            extensions={
+                "partitionkey": self.settings.instance_id,
+                "sequence": format_sequence(self.counter.next()),
+            },
+        )
+        return sign(msg, self.key)
+
+    def heartbeat(self, snap: Snapshot) -> Message:
+        return self._sign(GuestHeartbeat(**self._fields(snap)))  # type: ignore[arg-type]
+
+    def status_report(self, snap: Snapshot) -> Message:
+        return self._sign(GuestStatusReported(**self._fields(snap)))  # type: ignore[arg-type]
+
+
+class Heartbeater:
+    """Sends a heartbeat every `interval` seconds and at once for every queued status change."""
+
+    def __init__(
+        self,
+        factory: EventFactory,
+        publisher: Publisher | None,
+        current: Callable[[], Snapshot],
+        interval: float,
+    ) -> None:
+        self.factory = factory
+        self.publisher = publisher
+        self.current = current
+        self.interval = interval
+        self._changes: queue.Queue[Snapshot | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+        self._failures = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def status_changed(self, snap: Snapshot) -> None:
+        """Called by the supervisor (any thread); never blocks."""
+        self._changes.put(snap)
+
+    def stop(self, final: Snapshot | None = None, timeout: float = 5.0) -> None:
+        """Send what is queued (plus `final`), then end the thread."""
+        if final is not None:
+            self._changes.put(final)
+        self._stop.set()
+        self._changes.put(None)
+        self._thread.join(timeout=timeout)
+
+    def _loop(self) -> None:
+        next_beat = time.monotonic()
+        while True:
+            timeout = max(0.0, next_beat - time.monotonic())
+            try:
+                snap = self._changes.get(timeout=timeout)
+            except queue.Empty:
+                snap = None
+                if self._stop.is_set():
+                    return
+                self._send(self.current())
+                next_beat = time.monotonic() + self.interval
+                continue
+            if snap is None:  # stop marker: flush what is left and end
+                if self._stop.is_set() and self._changes.empty():
+                    return
+                continue
+            self._send(snap)
+            next_beat = time.monotonic() + self.interval
+
+    def _send(self, snap: Snapshot) -> None:
+        if self.publisher is None:
+            return
+        try:
+            message = self.factory.heartbeat(snap)
+            self.publisher.publish(message)
+        except Exception as exc:  # broker down, DNS, anything: log and carry on
+            self._failures += 1
+            # Log the first failure and then every 12th, so a long outage does not flood logs.
+            if self._failures == 1 or self._failures % 12 == 0:
+                log.warning("heartbeat not delivered (%d failures so far): %s", self._failures, exc)
+            return
+        if self._failures:
+            log.info("heartbeats delivered again after %d failures", self._failures)
+            self._failures = 0

@@ -1,0 +1,136 @@
+"""The command endpoint: signed CloudEvents in, 202/200 out (Werkzeug, threaded).
+
+Checks, in order, each with its own status so the control plane can tell problems apart:
+  400  not a CloudEvent (or too large)
+  401  not from control_source(our id), unsigned, wrong key, bad signature, stale time, replay
+  400  unknown type, invalid data, or a type that is not a command
+  403  a validly signed command whose data names another instance
+  409  another operation is running (or the instance is not prepared yet)
+The source is checked before the signature so a guest key can never replay a heartbeat
+(signed for guest_source) at an agent as if it were a command. The replay guard is in
+memory: after an agent restart, SequenceCounter's time-based floor on the control plane's
+side keeps new commands above anything accepted before.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.wrappers import Request, Response
+
+from events import registry
+from events.envelope import decode_http, encode_binary
+from events.errors import AuthenticationError, InvalidCloudEvent, InvalidEventData, ReplayError, UnknownEventType
+from events.guest import (
+    COMMANDS_PATH,
+    HEALTH_PATH,
+    PrepareRequested,
+    RestartRequested,
+    StartRequested,
+    StatusRequested,
+    StopRequested,
+    control_source,
+    instance_key,
+)
+from events.replay import InMemoryReplayGuard
+from events.signing import Keyring, verify
+from guest_agent.heartbeat import EventFactory
+from guest_agent.settings import Settings
+from guest_agent.supervisor import Busy, Supervisor
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+LONG_OPERATIONS: dict[type, str] = {
+    PrepareRequested: "prepare",
+    RestartRequested: "restart",
+    StopRequested: "stop",
+    StartRequested: "start",
+}
+
+
+def _json(status: int, **body: Any) -> Response:
+    return Response(json.dumps(body), status=status, mimetype="application/json")
+
+
+class CommandApp:
+    def __init__(self, settings: Settings, secret: bytes, supervisor: Supervisor, factory: EventFactory) -> None:
+        self.settings = settings
+        self.supervisor = supervisor
+        self.factory = factory
+        # Only this instance's key: a command signed with any other key is unknown here.
+        self.keyring = Keyring([instance_key(settings.instance_id, secret)])
+        self.replay_guard = InMemoryReplayGuard()
+        self.control = control_source(settings.instance_id)
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        request = Request(environ)
+        request.max_content_length = MAX_BODY_BYTES
+        try:
+            response = self.dispatch(request)
+        except RequestEntityTooLarge:
+            response = _json(413, error="request body too large")
+        except Exception:  # never leak a traceback to the caller
+            log.exception("command handling failed")
+            response = _json(500, error="internal error")
+        return response(environ, start_response)
+
+    def dispatch(self, request: Request) -> Response:
+        if request.path == HEALTH_PATH:
+            if request.method not in ("GET", "HEAD"):
+                return _json(405, error="method not allowed")
+            return Response("ok", mimetype="text/plain")  # liveness only, no details
+        if request.path != COMMANDS_PATH:
+            return _json(404, error="not found")
+        if request.method != "POST":
+            return _json(405, error="method not allowed")
+        return self.command(request)
+
+    def command(self, request: Request) -> Response:
+        try:
+            message = decode_http(dict(request.headers), request.get_data())
+        except InvalidCloudEvent as exc:
+            return _json(400, error=str(exc))
+        if message.source != self.control:
+            return _json(401, error=f"commands must come from {self.control}")
+        try:
+            verify(message, self.keyring, replay_guard=self.replay_guard)
+        except (AuthenticationError, ReplayError) as exc:
+            log.warning("refused command %s (%s): %s", message.id, message.type, exc)
+            return _json(401, error=str(exc))
+        try:
+            event = registry.parse(message)
+        except (UnknownEventType, InvalidEventData) as exc:
+            return _json(400, error=str(exc))
+        instance_id = getattr(event, "instance_id", None)
+        if not isinstance(event, (StatusRequested, *LONG_OPERATIONS)):
+            return _json(400, error=f"{message.type} is not a guest command")
+        if instance_id != self.settings.instance_id:
+            log.warning("refused command %s for instance %s", message.id, instance_id)
+            return _json(403, error="command is for another instance")
+        log.info("command %s (%s)", message.type, message.id)
+
+        if isinstance(event, StatusRequested):
+            reply = self.factory.status_report(self.supervisor.snapshot())
+            headers, body = encode_binary(reply)
+            return Response(body, status=200, headers=headers)
+
+        if isinstance(event, PrepareRequested) and event.datastore != self.settings.datastore:
+            return _json(400, error=f"this agent runs {self.settings.datastore}, not {event.datastore}")
+        operation = LONG_OPERATIONS[type(event)]
+        try:
+            started = self.supervisor.submit(operation, event if isinstance(event, PrepareRequested) else None)
+        except Busy as exc:
+            return _json(409, error=str(exc))
+        if not started:
+            return _json(202, operation=operation, accepted=True, note="already in progress")
+        return _json(202, operation=operation, accepted=True)
+
+
+def serve(app: CommandApp, host: str, port: int) -> BaseWSGIServer:
+    """A threaded server: a slow prepare never blocks StatusRequested or health checks."""
+    return make_server(host, port, app, threaded=True)

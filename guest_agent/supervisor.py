@@ -1,0 +1,404 @@
+"""Runs the database server as a child process, tracks its status, and performs operations.
+
+One operation at a time (prepare, restart, stop, start, or the agent's own crash recovery)
+holds the *operation slot*; a second one is refused with `Busy` (HTTP 409), except a repeated
+prepare while preparing, which is a no-op. While no operation runs, a monitor thread watches
+the child: if it exits unexpectedly the status becomes CRASHED at once (heartbeat sent
+immediately) and the server is restarted with exponential backoff (restart_backoff × 1, 2, 4,
+8, 16 s), at most MAX_CRASH_RESTARTS attempts per CRASH_WINDOW_S; past that it gives up and
+reports SHUTDOWN with the reason. HEALTHY means a real `SELECT 1` succeeded; a live process
+that does not answer is RUNNING.
+
+Like CloudNativePG's instance manager, the agent is the server's parent (no pg_ctl/daemon
+mode): it learns about a death from waitpid at once instead of polling a pid file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from events.guest import GuestStatus, PrepareRequested
+from guest_agent.datastores.base import Datastore, new_admin_password
+from guest_agent.process import (
+    REDACTOR,
+    check_traversable,
+    ensure_dir,
+    kill_group,
+    kill_helpers,
+    spawn_as,
+    stop_foreign_server,
+)
+from guest_agent.settings import Settings
+from guest_agent.state import StateStore
+
+log = logging.getLogger(__name__)
+
+MAX_CRASH_RESTARTS = 5
+CRASH_WINDOW_S = 300.0
+STOP_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 60.0
+
+
+class Busy(Exception):
+    """Another operation holds the slot (HTTP 409)."""
+
+
+class NotPrepared(Busy):
+    """The instance has not been prepared yet (HTTP 409)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    status: GuestStatus
+    description: str
+    server_pid: int | None
+    restarts: int
+    datastore_version: str | None
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+class Supervisor:
+    def __init__(
+        self,
+        settings: Settings,
+        datastore: Datastore,
+        store: StateStore,
+        on_change: Callable[[Snapshot], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.ds = datastore
+        self.store = store
+        self._on_change = on_change or (lambda snap: None)
+        self._lock = threading.RLock()  # status fields and the operation slot
+        self._proc_lock = threading.RLock()  # spawning / stopping the child
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._op: str | None = None
+        self._closing = threading.Event()
+        self._status = GuestStatus.NEW
+        self._description = "agent started; instance not prepared"
+        self._restarts = 0
+        self._crash_attempts: deque[float] = deque()
+        self._monitor: threading.Thread | None = None
+        try:
+            self._version: str | None = datastore.version()
+        except Exception as exc:  # the agent must stay up to report the problem
+            log.error("cannot determine the %s version: %s", datastore.name, exc)
+            self._version = None
+
+    # ------------------------------------------------------------ status
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            proc = self._proc
+            pid = proc.pid if proc is not None and proc.poll() is None else None
+            return Snapshot(self._status, self._description, pid, self._restarts, self._version)
+
+    @property
+    def status(self) -> GuestStatus:
+        with self._lock:
+            return self._status
+
+    @property
+    def operation(self) -> str | None:
+        with self._lock:
+            return self._op
+
+    def _set_status(self, status: GuestStatus, description: str = "", *, final: bool = False) -> None:
+        if self._closing.is_set() and not final:
+            return  # during shutdown only the final SHUTDOWN counts
+        description = REDACTOR.redact(description)
+        with self._lock:
+            changed = (status, description) != (self._status, self._description)
+            self._status, self._description = status, description
+            if changed:
+                log.info("status %s%s", status.value, f": {description}" if description else "")
+                # Under the lock (on_change only enqueues): changes reach the broker in order.
+                self._on_change(self.snapshot())
+
+    # ------------------------------------------------------------ boot and shutdown
+
+    def boot(self) -> None:
+        """Clean up after a previous agent, restore the desired state, start monitoring."""
+        self.store.update(agent_pid=os.getpid())
+        if self.store.state.prepared:
+            # Same binaries as at prepare time (matters when several majors are installed).
+            self.ds.use_version(self.store.state.requested_version)
+        leftover = self.ds.leftover_server_pid()
+        if leftover is not None:
+            # Adopting a server we cannot waitpid() would weaken supervision; a clean
+            # restart costs a second and guarantees a single server under our control.
+            stop_foreign_server(leftover, self.ds.stop_signal, STOP_TIMEOUT_S)
+        state = self.store.state
+        if state.prepared and state.want_running:
+            self._claim("start")
+            threading.Thread(target=self._run_op, args=("start", self._do_start), daemon=True).start()
+        elif state.prepared:
+            self._set_status(GuestStatus.SHUTDOWN, "stopped on request")
+        self._monitor = threading.Thread(target=self._monitor_loop, name="monitor", daemon=True)
+        self._monitor.start()
+
+    def shutdown(self) -> None:
+        """SIGTERM/SIGINT: stop the server cleanly (bounded), report SHUTDOWN."""
+        self._closing.set()
+        kill_helpers()
+        self._stop_server()
+        self._set_status(GuestStatus.SHUTDOWN, "guest agent stopped", final=True)
+        if self._monitor is not None:
+            self._monitor.join(timeout=5)
+
+    # ------------------------------------------------------------ operations
+
+    def _claim(self, op: str) -> bool:
+        """Take the operation slot; False for a repeated prepare (no-op), Busy otherwise."""
+        with self._lock:
+            if self._op is not None:
+                if op == "prepare" and self._op == "prepare":
+                    return False
+                raise Busy(f"operation {self._op!r} is in progress; {op!r} refused, retry later")
+            if op != "prepare" and op != "crash-recovery" and not self.store.state.prepared:
+                raise NotPrepared(f"the instance is not prepared; {op!r} refused")
+            self._op = op
+            return True
+
+    def submit(self, op: str, event: PrepareRequested | None = None) -> bool:
+        """Start an operation in the background. True: started; False: duplicate (no-op)."""
+        if self._closing.is_set():
+            raise Busy("the guest agent is shutting down")
+        actions: dict[str, Callable[[], None]] = {
+            "restart": self._do_restart,
+            "stop": self._do_stop,
+            "start": self._do_start,
+        }
+        if op == "prepare":
+            assert event is not None
+            # Register passwords before anything can log them.
+            REDACTOR.add(u.password for u in event.users)
+            action: Callable[[], None] = lambda: self._do_prepare(event)  # noqa: E731
+        else:
+            action = actions[op]
+        if not self._claim(op):
+            return False
+        threading.Thread(target=self._run_op, args=(op, action), name=op, daemon=True).start()
+        return True
+
+    def _run_op(self, op: str, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except Exception as exc:
+            if not self._closing.is_set():
+                log.error("%s failed: %s", op, exc, exc_info=not isinstance(exc, RuntimeError))
+                if op == "prepare":
+                    # A half-prepared server is nobody's to use: stop it, keep FAILED until a
+                    # new prepare (which resumes on the initialised data directory).
+                    try:
+                        self._stop_server()
+                    except Exception:
+                        log.exception("cannot stop the server after a failed prepare")
+                self._set_status(GuestStatus.FAILED, f"{op} failed: {exc}")
+        finally:
+            with self._lock:
+                self._op = None
+
+    def _do_prepare(self, event: PrepareRequested) -> None:
+        self._set_status(GuestStatus.BUILDING, "preparing the datastore")
+        state = self.store.state
+        if state.prepared:
+            log.info("already prepared; making sure the server runs")
+            self.store.update(want_running=True)
+            self._start_server()
+            return
+        self.ds.check_names(event.databases, event.users)
+        self.store.update(
+            ram_mb=event.flavor.ram_mb,
+            vcpus=event.flavor.vcpus,
+            requested_version=event.version,
+            volume_size_gb=event.volume_size_gb,
+            bin_dir=self.ds.use_version(event.version),
+            want_running=True,
+            admin_password=state.admin_password
+            or (new_admin_password() if self.ds.uses_admin_password else None),
+        )
+        REDACTOR.add([self.store.state.admin_password])
+        self._prepare_dirs()
+        if not self.ds.is_initialized():
+            # Leftovers of an interrupted prepare were never handed to anyone: start afresh.
+            self._stop_server()
+            if self.ds.data_dir.exists():
+                shutil.rmtree(self.ds.data_dir)
+            self.ds.initialize(self.store.state)
+        self._start_server(report_healthy=False)
+        for database in event.databases:
+            self.ds.create_database(self.store.state, database)
+        for user in event.users:
+            self.ds.create_user(self.store.state, user)
+        self._version = self.ds.server_version(self.store.state) or self._version
+        self.store.update(prepared=True)
+        self._set_status(GuestStatus.HEALTHY, "")
+
+    def _do_restart(self) -> None:
+        self._set_status(GuestStatus.RESTARTING, "restarting on request")
+        self._stop_server()
+        self._start_server()
+
+    def _do_stop(self) -> None:
+        self.store.update(want_running=False)
+        self._stop_server()
+        self._set_status(GuestStatus.SHUTDOWN, "stopped on request")
+
+    def _do_start(self) -> None:
+        self.store.update(want_running=True)
+        self._crash_attempts.clear()
+        self._start_server()
+
+    # ------------------------------------------------------------ the child process
+
+    def _prepare_dirs(self) -> None:
+        s = self.settings
+        check_traversable(s.instance_dir, self.ds.user)
+        ensure_dir(s.volume_dir, 0o700, self.ds.user)
+        ensure_dir(s.run_dir, 0o700, self.ds.user)
+        ensure_dir(s.log_dir, 0o700)
+
+    def _start_server(self, *, report_healthy: bool = True) -> None:
+        """Spawn the server (if not running) and wait until `SELECT 1` works."""
+        with self._proc_lock:
+            if self._closing.is_set():
+                raise RuntimeError("the guest agent is shutting down")
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                self._prepare_dirs()
+                leftover = self.ds.leftover_server_pid()
+                if leftover is not None:
+                    stop_foreign_server(leftover, self.ds.stop_signal, STOP_TIMEOUT_S)
+                self.ds.write_config(self.store.state)
+                proc = spawn_as(self.ds.user, self.ds.server_argv(), log_file=self.ds.server_log, cwd=self.settings.volume_dir)
+                with self._lock:
+                    self._proc = proc
+                self.store.update(server_pid=proc.pid)
+                log.info("started %s server pid %d", self.ds.name, proc.pid)
+                # BUILDING and RESTARTING already say what is going on until HEALTHY.
+                if self.status not in (GuestStatus.BUILDING, GuestStatus.RESTARTING):
+                    self._set_status(GuestStatus.RUNNING, "server started; waiting for it to answer")
+        self.ds.wait_ready(self.store.state, alive=lambda: proc.poll() is None, timeout=READY_TIMEOUT_S)
+        if report_healthy:
+            self._set_status(GuestStatus.HEALTHY, "")
+
+    def _stop_server(self) -> None:
+        """Stop the child cleanly (bounded wait, then SIGKILL) and forget it."""
+        with self._proc_lock:
+            with self._lock:
+                proc, self._proc = self._proc, None
+            if proc is None:
+                return
+            if proc.poll() is None:
+                log.info("stopping %s server pid %d", self.ds.name, proc.pid)
+                try:
+                    proc.send_signal(self.ds.stop_signal)
+                    proc.wait(timeout=STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    log.warning("server pid %d did not stop in %.0fs; killing it", proc.pid, STOP_TIMEOUT_S)
+                    kill_group(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            # Backends or helpers that outlived the server (e.g. after SIGKILL) must go too.
+            kill_group(proc.pid, signal.SIGKILL)
+            self.store.update(server_pid=None)
+
+    # ------------------------------------------------------------ supervision
+
+    def _monitor_loop(self) -> None:
+        last_check = 0.0
+        check_every = min(self.settings.heartbeat_interval, 5.0)
+        while not self._closing.wait(0.2):
+            try:
+                with self._lock:
+                    if self._op is not None or not self.store.state.prepared:
+                        continue  # operations own the process; unprepared servers are not ours to heal
+                    proc = self._proc
+                if proc is None:
+                    continue
+                returncode = proc.poll()
+                if returncode is not None:
+                    self._on_crash(proc, returncode)
+                    last_check = time.monotonic()
+                    continue
+                if time.monotonic() - last_check >= check_every:
+                    last_check = time.monotonic()
+                    healthy = self.ds.ping(self.store.state)
+                    with self._lock:
+                        still_current = self._op is None and self._proc is proc
+                    if still_current and proc.poll() is None:
+                        if healthy:
+                            self._set_status(GuestStatus.HEALTHY, "")
+                        else:
+                            self._set_status(GuestStatus.RUNNING, "server process is up but does not answer queries")
+            except Exception:  # the monitor must never die
+                log.exception("monitor iteration failed")
+
+    def _on_crash(self, proc: subprocess.Popen[bytes], returncode: int) -> None:
+        try:
+            if not self._claim("crash-recovery"):
+                return
+        except Busy:
+            return  # an operation just started; it owns the process now
+        try:
+            with self._lock:
+                if self._proc is not proc:
+                    return
+            kill_group(proc.pid, signal.SIGKILL)  # orphaned backends would block a restart
+            reason = f"server pid {proc.pid} {describe_exit(returncode)}"
+            log.error("%s", reason)
+            self._set_status(GuestStatus.CRASHED, f"{reason}; restarting")
+            while not self._closing.is_set():
+                now = time.monotonic()
+                while self._crash_attempts and now - self._crash_attempts[0] > CRASH_WINDOW_S:
+                    self._crash_attempts.popleft()
+                if len(self._crash_attempts) >= MAX_CRASH_RESTARTS:
+                    with self._lock:
+                        self._proc = None
+                    self.store.update(server_pid=None)
+                    self._set_status(
+                        GuestStatus.SHUTDOWN,
+                        f"gave up after {MAX_CRASH_RESTARTS} restarts within {CRASH_WINDOW_S:.0f}s; last: {reason}",
+                    )
+                    return
+                delay = self.settings.restart_backoff * 2 ** len(self._crash_attempts)
+                self._crash_attempts.append(now)
+                if self._closing.wait(delay):
+                    return
+                try:
+                    self._start_server(report_healthy=False)
+                except Exception as exc:
+                    reason = f"restart failed: {exc}"
+                    log.error("%s", reason)
+                    with self._proc_lock:
+                        failed = self._proc
+                        if failed is not None:
+                            kill_group(failed.pid, signal.SIGKILL)
+                            failed.wait()
+                    self._set_status(GuestStatus.CRASHED, f"{reason}; retrying")
+                    continue
+                with self._lock:
+                    self._restarts += 1
+                log.info("server restarted after a crash (restart #%d)", self._restarts)
+                self._set_status(GuestStatus.HEALTHY, "")
+                return
+        finally:
+            with self._lock:
+                self._op = None
