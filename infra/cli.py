@@ -93,13 +93,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # The token exists before the gateway answers, so whoever sees it up can use it.
+    data_dir.mkdir(parents=True, exist_ok=True)
+    project, token = ensure_default_token(data_dir / "tokens.json")
     try:
         platform.start()
     except (AlreadyRunning, RuntimeError) as exc:
         log.error("%s", exc)
         platform.stop()
         return 1
-    project, token = ensure_default_token(data_dir / "tokens.json")
     endpoint = f"{platform.urls['gateway']}/v1.0/{project}"
     print(
         "\nTroveless is up. Point the OpenStack client at it:\n\n"

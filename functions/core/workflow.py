@@ -246,6 +246,9 @@ def _forward(session: Session, workflow: Workflow, run: WorkflowRun, step: Step,
     savepoint = session.begin_nested()
     try:
         outcome = step.run(ctx)
+        # Flush inside the savepoint: a database error in the step's effect is the step's
+        # failure (retried or compensated), not a crash of the whole delivery.
+        session.flush()
     except StepFailed as exc:
         savepoint.rollback()
         reason = f"step {step.name!r} failed: {exc}"
@@ -331,6 +334,7 @@ def _compensate(session: Session, workflow: Workflow, run: WorkflowRun, step: St
         savepoint = session.begin_nested()
         try:
             step.compensate(ctx)
+            session.flush()
         except Exception as exc:
             savepoint.rollback()
             error = f"{type(exc).__name__}: {exc}"

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,10 @@ AGENT_PORT = 8799
 # 127.0.0.1 often hosts the machine's own servers; instances start at .2 and go up.
 FIRST_ADDRESS = ipaddress.IPv4Address("127.0.0.2")
 LAST_ADDRESS = ipaddress.IPv4Address("127.0.255.254")
+# Volume and server ids are derived from the instance id: the same instance always gets the
+# same ones, which is what makes a retried step find instead of create.
+_VOLUMES = uuid.UUID("6f1d8a8e-5b0e-4c59-9d57-9b1f4d1e0a01")
+_SERVERS = uuid.UUID("6f1d8a8e-5b0e-4c59-9d57-9b1f4d1e0a02")
 
 
 class ComputeError(Exception):
@@ -88,7 +93,7 @@ class LocalCompute:
         os.chmod(directory, 0o711)
         _ensure_traversable(self.root)
         (directory / "volume.json").write_text(json.dumps({"size_gb": size_gb}))
-        return f"vol-{instance_id}"
+        return str(uuid.uuid5(_VOLUMES, instance_id))
 
     def delete_volume(self, instance_id: str) -> None:
         directory = self.instance_dir(instance_id)
@@ -108,7 +113,7 @@ class LocalCompute:
         directory = self.instance_dir(spec.instance_id)
         if not (directory / "volume").is_dir():
             raise ComputeError(f"volume of {spec.instance_id} does not exist", transient=False)
-        server_id = f"local-{spec.instance_id}"
+        server_id = str(uuid.uuid5(_SERVERS, spec.instance_id))
         if self.server_running(spec.instance_id):
             return server_id
         key_file = directory / "guest.key"

@@ -70,7 +70,12 @@ def test_up_serves_trove_and_the_openstack_client_works(tmp_path: Path, database
         listed = subprocess.run([*osc, token, "database", "flavor", "list", "-f", "json"],
                                 capture_output=True, text=True, timeout=120, env=env)
         assert listed.returncode == 0, listed.stderr
-        assert json.loads(listed.stdout) == []
+        flavors = json.loads(listed.stdout)
+        assert [(f["Name"], f["RAM"]) for f in flavors] == [
+            ("d1.tiny", 512), ("d1.small", 1024), ("d1.medium", 2048), ("d1.large", 4096)]
+        stores = subprocess.run([*osc, token, "datastore", "list", "-f", "json"],
+                                capture_output=True, text=True, timeout=120, env=env)
+        assert stores.returncode == 0 and {"postgresql", "mariadb"} <= {d["Name"] for d in json.loads(stores.stdout)}
         refused = subprocess.run([*osc, "wrong-token", "database", "flavor", "list"],
                                  capture_output=True, text=True, timeout=120, env=env)
         assert refused.returncode != 0 and "HTTP 401" in refused.stderr
