@@ -18,7 +18,9 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from events.base import PREFIX, Event
-from events.signing import SigningKey
+from events.envelope import Message
+from events.replay import SequenceCounter, format_sequence
+from events.signing import SigningKey, sign
 
 GUEST_SOURCE_PREFIX = "/troveless/guest/"
 CONTROL_SOURCE_PREFIX = "/troveless/control/"
@@ -39,6 +41,19 @@ def control_source(instance_id: str) -> str:
 
 def instance_key(instance_id: str, secret: bytes) -> SigningKey:
     return SigningKey(instance_id, secret, (guest_source(instance_id), control_source(instance_id)))
+
+
+_COMMANDS = SequenceCounter()
+
+
+def sign_command(instance_id: str, secret: bytes, command: Event) -> Message:
+    """A command as the control plane sends it: from control_source(id), sequenced, signed."""
+    message = command.to_message(
+        control_source(instance_id),
+        subject=instance_id,
+        extensions={"sequence": format_sequence(_COMMANDS.next()), "partitionkey": instance_id},
+    )
+    return sign(message, instance_key(instance_id, secret))
 
 
 def guest_command_url(address: str, port: int = AGENT_PORT) -> str:

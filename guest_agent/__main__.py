@@ -19,7 +19,7 @@ from events.publisher import HttpPublisher
 from guest_agent.datastores import REGISTRY, DatastoreError
 from guest_agent.heartbeat import EventFactory, Heartbeater
 from guest_agent.process import REDACTOR, ProcessError, pid_alive, process_cmdline, resolve_db_user, write_private
-from guest_agent.server import CommandApp, serve
+from guest_agent.server import CommandApp, run_user_data, serve
 from guest_agent.settings import Settings, SettingsError, parse_settings
 from guest_agent.state import StateStore
 from guest_agent.supervisor import Supervisor
@@ -108,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
 
     heartbeater.start()
     supervisor.boot()
+    if settings.user_data is not None:
+        if store.state.prepared:
+            settings.user_data.unlink(missing_ok=True)  # done with it: it held initial passwords
+        elif settings.user_data.exists():
+            run_user_data(app, settings.user_data)
     while not stop.wait(1.0):
         pass
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -23,8 +24,15 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
 from events import registry
-from events.envelope import decode_http, encode_binary
-from events.errors import AuthenticationError, InvalidCloudEvent, InvalidEventData, ReplayError, UnknownEventType
+from events.envelope import decode_http, encode_binary, from_json
+from events.errors import (
+    AuthenticationError,
+    EventError,
+    InvalidCloudEvent,
+    InvalidEventData,
+    ReplayError,
+    UnknownEventType,
+)
 from events.guest import (
     COMMANDS_PATH,
     HEALTH_PATH,
@@ -129,6 +137,36 @@ class CommandApp:
         if not started:
             return _json(202, operation=operation, accepted=True, note="already in progress")
         return _json(202, operation=operation, accepted=True)
+
+
+# User data is written when the server is created and read when the agent boots; allow for a
+# slow boot, but not for a file replayed days later.
+USER_DATA_WINDOW_S = 3600.0
+
+
+def run_user_data(app: CommandApp, path: Path) -> None:
+    """Verify the prepare command the compute driver left beside us, and start it.
+
+    It passes the same checks as a command over HTTP (source, signature, instance, datastore)
+    except the replay guard: it is read once, at boot, from a file only root can read."""
+    try:
+        message = from_json(path.read_text(encoding="utf-8"))
+        if message.source != app.control:
+            raise AuthenticationError(f"user data must come from {app.control}")
+        verify(message, app.keyring, window_s=USER_DATA_WINDOW_S)
+        event = registry.parse(message)
+    except (OSError, ValueError, EventError) as exc:
+        log.error("ignoring user data %s: %s", path, exc)
+        return
+    if not isinstance(event, PrepareRequested) or event.instance_id != app.settings.instance_id \
+            or event.datastore != app.settings.datastore:
+        log.error("ignoring user data %s: not a prepare command for this instance", path)
+        return
+    log.info("prepare from user data (%s)", message.id)
+    try:
+        app.supervisor.submit("prepare", event)
+    except Busy as exc:
+        log.warning("user data not run: %s", exc)
 
 
 def serve(app: CommandApp, host: str, port: int) -> BaseWSGIServer:

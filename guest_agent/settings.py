@@ -47,6 +47,12 @@ class Settings:
     mariadb_bin: Path | None
     restart_backoff: float
     log_level: str
+    # Cloud-init style user data: the signed prepare command, written beside the agent by
+    # the compute driver so preparing starts at boot without waiting for a round trip.
+    user_data: Path | None = None
+    # Where freshly initialised data directories are kept to be copied for the next instance
+    # of the same datastore, version and size (initdb / install-db dominate a cold start).
+    template_dir: Path | None = None
 
     # Layout of the instance directory (all owned by the agent).
     @property
@@ -127,6 +133,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     opt("mariadb-bin", default=None, help="mariadbd binary (default /usr/sbin/mariadbd)")
     opt("restart-backoff", type=float, default=1.0, help="first crash-restart delay, doubles")
     opt("log-level", default="INFO", help="logging level")
+    opt("user-data", default=None, help="file holding a signed prepare command to run at boot")
+    opt("template-dir", default=None, help="cache of initialised data directories (root only)")
     return parser
 
 
@@ -169,6 +177,8 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
             mariadb_bin=Path(args.mariadb_bin) if args.mariadb_bin else None,
             restart_backoff=max(0.0, float(args.restart_backoff)),
             log_level=str(args.log_level).upper(),
+            user_data=Path(args.user_data) if args.user_data else None,
+            template_dir=Path(args.template_dir) if args.template_dir else None,
         )
     except (TypeError, ValueError) as exc:
         if isinstance(exc, SettingsError):

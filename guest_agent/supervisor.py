@@ -22,6 +22,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,30 @@ MAX_CRASH_RESTARTS = 5
 CRASH_WINDOW_S = 300.0
 STOP_TIMEOUT_S = 60.0
 READY_TIMEOUT_S = 60.0
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    """cp -a: keeps owners and modes (the db user owns the files; we run as root)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-a", "--sparse=always", f"{source}/.", str(target)], check=True,
+                   capture_output=True)
+
+
+def save_template(data_dir: Path, template: Path) -> None:
+    """Copy a freshly initialised data directory aside, published atomically by rename."""
+    if (template / ".complete").exists():
+        return
+    template.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(template.parent, 0o700)
+    staging = template.parent / f".{template.name}.{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    copy_tree(data_dir, staging)
+    (staging / ".complete").touch()
+    try:
+        staging.rename(template)
+    except OSError:  # another agent published it first
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 class Busy(Exception):
@@ -237,20 +262,44 @@ class Supervisor:
         )
         REDACTOR.add([self.store.state.admin_password])
         self._prepare_dirs()
+        from_template = False
         if not self.ds.is_initialized():
             # Leftovers of an interrupted prepare were never handed to anyone: start afresh.
             self._stop_server()
             if self.ds.data_dir.exists():
                 shutil.rmtree(self.ds.data_dir)
-            self.ds.initialize(self.store.state)
+            from_template = self._initialize()
         self._start_server(report_healthy=False)
+        if from_template:
+            self.ds.after_template_start(self.store.state)
         for database in event.databases:
             self.ds.create_database(self.store.state, database)
         for user in event.users:
             self.ds.create_user(self.store.state, user)
         self._version = self.ds.server_version(self.store.state) or self._version
         self.store.update(prepared=True)
+        if self.settings.user_data is not None:
+            # The initial passwords are in the server now; the file that carried them goes.
+            self.settings.user_data.unlink(missing_ok=True)
         self._set_status(GuestStatus.HEALTHY, "")
+
+    def _initialize(self) -> bool:
+        """initdb / install-db, or a copy of the template left by an earlier instance of the
+        same engine, version and size. True if the data directory came from a template."""
+        state = self.store.state
+        template = self.settings.template_dir / self.ds.template_key(state) if self.settings.template_dir else None
+        if template is not None and (template / ".complete").exists():
+            copy_tree(template, self.ds.data_dir)
+            (self.ds.data_dir / ".complete").unlink(missing_ok=True)
+            log.info("data directory copied from template %s", template.name)
+            return True
+        self.ds.initialize(state)
+        if template is not None:
+            try:
+                save_template(self.ds.data_dir, template)
+            except OSError as exc:  # a cache: never fail a prepare for it
+                log.warning("could not save template %s: %s", template, exc)
+        return False
 
     def _do_restart(self) -> None:
         self._set_status(GuestStatus.RESTARTING, "restarting on request")

@@ -13,8 +13,8 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from events.envelope import Message, format_time, parse_time
-from events.guest import DatabaseSpec, FlavorSpec, PrepareRequested, RestartRequested, UserSpec
+from events.envelope import Message, format_time, parse_time, to_json
+from events.guest import DatabaseSpec, FlavorSpec, PrepareRequested, RestartRequested, UserSpec, sign_command
 from functions.core import workflow as runner
 from functions.core.models.base import utcnow
 from functions.core.models.datastore import Datastore, DatastoreVersion, Flavor
@@ -28,8 +28,6 @@ log = logging.getLogger("troveless.provisioning")
 
 PREPARE_DEADLINE_S = 300.0
 RESTART_DEADLINE_S = 180.0
-# The guest agent needs a moment to start listening: retry `prepare` often at first.
-GUEST_STARTING = Retry(attempts=40, interval_s=0.25, backoff_rate=1.25, max_delay_s=3.0)
 STEADY = Retry(attempts=5, interval_s=1.0, backoff_rate=2.0, max_delay_s=15.0)
 
 
@@ -119,46 +117,52 @@ def release_volume(ctx: StepContext) -> None:
 
 
 def create_server(ctx: StepContext) -> None:
+    """Start the guest with its prepare command as user data (as cloud-init would carry it),
+    so the datastore initialises at boot instead of after a network round trip."""
     from functions.drivers.compute_local import ServerSpec
 
     inst = _instance(ctx.session, ctx.resource_id or "")
     rt = _deps()
     if not rt.settings.broker_url:
         raise StepFailed("no broker URL configured: guests could not report")
+    secret = bytes.fromhex(inst.encrypted_key or "")
     spec = ServerSpec(
         instance_id=inst.id,
         datastore=_datastore_name(ctx.session, inst),
         address=(inst.addresses or [{}])[0]["address"],
         volume_size_gb=inst.volume_size or 1,
-        key=bytes.fromhex(inst.encrypted_key or ""),
+        key=secret,
         broker_url=rt.settings.broker_url,
+        user_data=to_json(sign_command(inst.id, secret, _prepare_command(ctx, inst))),
     )
     inst.compute_instance_id = _compute_call(rt.compute.create_server, spec)
     inst.server_status = "BUILD"
+    # The guest has the initial passwords now; do not keep them in the run's context.
+    ctx.context["users"] = [{**u, "password": "***"} for u in ctx.context.get("users", [])]
 
 
 def delete_server(ctx: StepContext) -> None:
     _compute_call(_deps().compute.delete_server, ctx.resource_id or "")
 
 
-def prepare_guest(ctx: StepContext) -> None:
-    inst = _instance(ctx.session, ctx.resource_id or "")
+def _prepare_command(ctx: StepContext, inst: Instance) -> PrepareRequested:
     version = ctx.session.get(DatastoreVersion, inst.datastore_version_id)
     flavor = ctx.session.get(Flavor, inst.flavor_id or "")
     if version is None or flavor is None:
         raise StepFailed("the instance's datastore version or flavor is gone")
-    command = PrepareRequested(
+    users = ctx.context.get("users", [])
+    if any(u.get("password") == "***" for u in users):
+        # A retry after the guest got the passwords: it is prepared or preparing already.
+        users = []
+    return PrepareRequested(
         instance_id=inst.id,
         datastore="postgresql" if version.manager == "postgresql" else "mariadb",
         version=version.version,
         flavor=FlavorSpec(ram_mb=flavor.ram, vcpus=flavor.vcpus),
         volume_size_gb=inst.volume_size or 1,
         databases=[DatabaseSpec.model_validate(d) for d in ctx.context.get("databases", [])],
-        users=[UserSpec.model_validate(u) for u in ctx.context.get("users", [])],
+        users=[UserSpec.model_validate(u) for u in users],
     )
-    _guest_call(ctx, inst, command)
-    # The guest has the initial passwords now; do not keep them in the run's context.
-    ctx.context["users"] = [{**u, "password": "***"} for u in ctx.context.get("users", [])]
 
 
 def wait_guest_healthy(ctx: StepContext) -> Wait | None:
@@ -195,7 +199,6 @@ PROVISION = Workflow(
         Step("reserve", reserve, release_address, retry=STEADY, timeout_s=30),
         Step("allocate_volume", allocate_volume, release_volume, retry=STEADY, timeout_s=30),
         Step("create_server", create_server, delete_server, retry=STEADY, timeout_s=60),
-        Step("prepare_guest", prepare_guest, retry=GUEST_STARTING, timeout_s=60, redeliver_after_s=15),
         Step("wait_guest_healthy", wait_guest_healthy, retry=STEADY, timeout_s=PREPARE_DEADLINE_S),
         Step("mark_active", mark_active, retry=STEADY, timeout_s=30),
     ],

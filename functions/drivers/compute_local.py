@@ -54,6 +54,8 @@ class ServerSpec:
     volume_size_gb: int
     key: bytes
     broker_url: str
+    # Cloud-init style user data for the agent: the signed prepare command (JSON).
+    user_data: str | None = None
 
 
 class LocalCompute:
@@ -120,6 +122,13 @@ class LocalCompute:
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(spec.key)
+        extra: list[str] = []
+        if spec.user_data is not None:
+            user_data = directory / "user-data.json"
+            fd = os.open(user_data, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(spec.user_data)
+            extra = ["--user-data", str(user_data)]
         argv = [
             self.python, "-m", "guest_agent",
             "--instance-id", spec.instance_id,
@@ -130,6 +139,9 @@ class LocalCompute:
             "--broker-url", spec.broker_url,
             "--volume-size-gb", str(spec.volume_size_gb),
             "--heartbeat-interval", str(self.heartbeat_interval_s),
+            # Shared cache of initialised data directories (one per engine/version/size).
+            "--template-dir", str(self.root.parent / "templates"),
+            *extra,
         ]
         logfile = open(directory / "agent.log", "ab")
         try:

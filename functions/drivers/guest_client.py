@@ -7,9 +7,8 @@ import httpx
 from events.base import Event
 from events.envelope import Message, decode_http, encode_binary
 from events.errors import EventError
-from events.guest import control_source, guest_command_url, instance_key
-from events.replay import SequenceCounter, format_sequence
-from events.signing import Keyring, sign, verify
+from events.guest import guest_command_url, instance_key, sign_command
+from events.signing import Keyring, verify
 
 
 class GuestError(Exception):
@@ -21,7 +20,6 @@ class GuestError(Exception):
 class GuestClient:
     def __init__(self, timeout_s: float = 15.0) -> None:
         self.timeout_s = timeout_s
-        self._counter = SequenceCounter()
         self._http = httpx.Client(timeout=timeout_s)
 
     def send(self, instance_id: str, address: str, secret: bytes, command: Event) -> Message | None:
@@ -30,12 +28,7 @@ class GuestClient:
         Connection problems and 5xx are transient (the agent may still be starting);
         4xx means the agent refused the command and retrying the same command won't help."""
         key = instance_key(instance_id, secret)
-        message = command.to_message(
-            control_source(instance_id),
-            subject=instance_id,
-            extensions={"sequence": format_sequence(self._counter.next()), "partitionkey": instance_id},
-        )
-        headers, body = encode_binary(sign(message, key))
+        headers, body = encode_binary(sign_command(instance_id, secret, command))
         url = guest_command_url(address)
         try:
             response = self._http.post(url, headers=headers, content=body)

@@ -1,6 +1,7 @@
 """Step functions of the `provision` workflow (functions/core/provisioning.py).
 
-Create an instance: address, volume, server, prepare, wait for the guest, ACTIVE.
+Create an instance: address, volume, server (with the prepare command as user data),
+wait for the guest's HEALTHY heartbeat, ACTIVE.
 """
 
 from __future__ import annotations
@@ -24,11 +25,6 @@ def provision_allocate_volume(request):  # type: ignore[no-untyped-def]
 @functions_framework.http
 def provision_create_server(request):  # type: ignore[no-untyped-def]
     return eventfn.run_step(request, PROVISION, "create_server")
-
-
-@functions_framework.http
-def provision_prepare_guest(request):  # type: ignore[no-untyped-def]
-    return eventfn.run_step(request, PROVISION, "prepare_guest")
 
 
 @functions_framework.http

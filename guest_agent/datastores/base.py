@@ -151,8 +151,16 @@ class Datastore(ABC):
                 raise DatastoreError(f"{self.name} server exited during startup: {self.log_tail()}")
             if self.ping(state, timeout=1.0):
                 return
-            time.sleep(0.1)
+            time.sleep(0.02)
         raise DatastoreError(f"{self.name} server did not accept connections within {timeout:.0f}s")
+
+    def template_key(self, state: AgentState) -> str:
+        """What a reusable initialised data directory depends on: engine, version, sizing."""
+        version = re.sub(r"[^A-Za-z0-9.]", "_", state.requested_version or "default")
+        return f"{self.name}-{version}-{state.ram_mb}mb-v1"
+
+    def after_template_start(self, state: AgentState) -> None:
+        """Make a data directory copied from a template this instance's own (first start)."""
 
     def log_tail(self, lines: int = 3) -> str:
         try:

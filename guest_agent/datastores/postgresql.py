@@ -143,6 +143,12 @@ class PostgreSQL(Datastore):
         finally:
             pwfile.unlink(missing_ok=True)
 
+    def after_template_start(self, state: AgentState) -> None:
+        # The template's os_admin password is the template maker's: give this instance its own.
+        with self._connect() as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(ADMIN_USER), sql.Literal(state.admin_password)))
+
     def config_values(self, state: AgentState) -> dict[str, str]:
         mem = memory_settings_mb(state.ram_mb)
         ram_mb = max(state.ram_mb, 64)
