@@ -4,6 +4,7 @@ are created, reached with their own clients, restarted, watched and deleted."""
 from __future__ import annotations
 
 import json
+import time
 import os
 import signal
 import subprocess
@@ -100,3 +101,27 @@ def test_instance_lifecycle_with_the_openstack_client(platform: LocalPlatform, d
     wait_gone(pid)
     assert not (platform.data_dir / "instances" / instance_id).exists()
     assert not listening(ip, PORTS[datastore])
+
+
+def test_delete_while_building_leaves_nothing(platform: LocalPlatform) -> None:
+    """Unlike Trove (422 for BUILD), delete works in any state: the build is cancelled first."""
+    body = {"instance": {"name": "short-lived", "flavorRef": "1", "volume": {"size": 1},
+                         "datastore": {"type": "postgresql"}}}
+    for delay in (0.0, 0.2, 0.5, 1.0):
+        r = platform.api("POST", "/instances", json=body)
+        assert r.status_code == 200
+        instance_id = r.json()["instance"]["id"]
+        time.sleep(delay)
+        assert platform.api("DELETE", f"/instances/{instance_id}").status_code == 202
+        wait_for(lambda: platform.show(instance_id) is None, timeout_s=60, what=f"delete after {delay}s")
+        directory = platform.data_dir / "instances" / instance_id
+        assert not directory.exists(), f"delete after {delay}s left {directory}"
+        leftovers = [p for p in Path("/proc").glob("[0-9]*") if _mentions(p, instance_id)]
+        assert not leftovers, f"delete after {delay}s left processes {leftovers}"
+
+
+def _mentions(proc: Path, text: str) -> bool:
+    try:
+        return text in (proc / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
