@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run up test services bench-cold-start clean
+.PHONY: install run up test services bench-cold-start bench-provision clean
 
 install: $(STAMP)
 
@@ -30,6 +30,9 @@ test: install services
 
 bench-cold-start: install
 	$(BIN)/python bench/cold_start.py
+
+bench-provision: install
+	$(BIN)/python bench/provision.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
