@@ -6,11 +6,18 @@ set -euo pipefail
 
 pg_ready() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
 
-if ! command -v pg_isready >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
-  echo "ensure-services: installing PostgreSQL"
+# Instances run real PostgreSQL and MariaDB servers (as the `postgres` / `mysql` users the
+# packages create), and the end-to-end tests connect with the `psql` and `mariadb` clients.
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+{ [ -x /usr/sbin/mariadbd ] && command -v mariadb-install-db >/dev/null 2>&1; } || missing+=(mariadb-server)
+command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "ensure-services: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq postgresql >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 if ! pg_ready; then
