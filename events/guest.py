@@ -161,3 +161,180 @@ class GuestStatusReported(_StatusFields):
     """The synchronous reply to `StatusRequested`."""
 
     TYPE: ClassVar[str] = f"{PREFIX}.guest.status.reported"
+
+
+# ---- databases, users, access and root (Trove §1.5) ---------------------------------------
+# All are answered synchronously: 200 with the reply event named below, or a JSON error
+# {"error": ..., "reason": R} with 404 (R = "not_found"), 409 ("exists"), 400 ("invalid").
+
+PAGE_LIMIT_MAX = 100
+
+
+class UserRef(_Strict):
+    """A user as Trove addresses it: name and host (MariaDB; `%` when not given).
+    PostgreSQL has no hosts: it ignores `host` and reports `%`."""
+
+    name: str
+    host: str | None = None
+
+
+class DatabaseInfo(_Strict):
+    name: str
+    character_set: str | None = None
+    collate: str | None = None
+
+
+class UserInfo(_Strict):
+    name: str
+    host: str = "%"
+    databases: list[str] = Field(default_factory=list)
+
+
+class _Page(Event):
+    instance_id: str
+    limit: int = Field(default=20, ge=1, le=PAGE_LIMIT_MAX)
+    # Exclusive: the page starts after this name (databases) or name@host (users).
+    marker: str | None = None
+
+
+class ListDatabasesRequested(_Page):
+    """Reply: DatabasesListed (user databases only: never system or the agent's own)."""
+
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.databases.list.requested"
+
+
+class DatabasesListed(Event):
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.databases.listed"
+    instance_id: str
+    databases: list[DatabaseInfo]
+    next_marker: str | None = None
+
+
+class CreateDatabasesRequested(Event):
+    """Reply: CommandCompleted. Creates each database (409 if one exists; none created then)."""
+
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.databases.create.requested"
+    instance_id: str
+    databases: list[DatabaseSpec]
+
+
+class DeleteDatabaseRequested(Event):
+    """Reply: CommandCompleted; 404 if it does not exist."""
+
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.database.delete.requested"
+    instance_id: str
+    name: str
+
+
+class ListUsersRequested(_Page):
+    """Reply: UsersListed (never system users, root or the agent's own admin)."""
+
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.users.list.requested"
+
+
+class UsersListed(Event):
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.users.listed"
+    instance_id: str
+    users: list[UserInfo]
+    next_marker: str | None = None
+
+
+class ShowUserRequested(Event):
+    """Reply: UserShown, with the databases the user may access; 404 if unknown."""
+
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.user.show.requested"
+    instance_id: str
+    user: UserRef
+
+
+class UserShown(Event):
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.user.shown"
+    instance_id: str
+    user: UserInfo
+
+
+class CreateUsersRequested(Event):
+    """Reply: CommandCompleted. Creates each user with access to its databases (409 if one
+    exists, 404 if a database does not; nothing is created then)."""
+
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.users.create.requested"
+    instance_id: str
+    users: list[UserSpec]
+
+
+class DeleteUserRequested(Event):
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.user.delete.requested"
+    instance_id: str
+    user: UserRef
+
+
+class UpdateUserRequested(Event):
+    """Rename, new password and/or new host (MariaDB); grants follow a renamed user."""
+
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.user.update.requested"
+    instance_id: str
+    user: UserRef
+    name: str | None = None
+    password: str | None = None
+    host: str | None = None
+
+
+class PasswordChange(_Strict):
+    name: str
+    host: str | None = None
+    password: str
+
+
+class ChangePasswordsRequested(Event):
+    """Reply: CommandCompleted; 404 (nothing changed) if any user does not exist."""
+
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.users.passwords.requested"
+    instance_id: str
+    users: list[PasswordChange]
+
+
+class GrantAccessRequested(Event):
+    """Reply: CommandCompleted; 404 if the user or a database does not exist."""
+
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.access.grant.requested"
+    instance_id: str
+    user: UserRef
+    databases: list[str]
+
+
+class RevokeAccessRequested(Event):
+    """Reply: CommandCompleted; 404 if the user has no access to that database."""
+
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.access.revoke.requested"
+    instance_id: str
+    user: UserRef
+    database: str
+
+
+class EnableRootRequested(Event):
+    """Create or reset the superuser `root` (MariaDB: root@'%'; PostgreSQL: role root with
+    SUPERUSER) with the given password. Reply: RootEnabled."""
+
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.root.enable.requested"
+    instance_id: str
+    password: str = Field(min_length=8)
+
+
+class RootEnabled(Event):
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.root.enabled"
+    instance_id: str
+    name: str
+
+
+class DisableRootRequested(Event):
+    """Make root unusable over the network (a new random password nobody knows, as Trove;
+    PostgreSQL also loses LOGIN). Reply: CommandCompleted."""
+
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.root.disable.requested"
+    instance_id: str
+
+
+class CommandCompleted(Event):
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.command.completed"
+    instance_id: str
+    command: str

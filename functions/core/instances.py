@@ -243,3 +243,11 @@ def _visible(inst: Instance) -> str:
     from functions.core.states import visible_status
 
     return visible_status(Task(inst.task_id), inst.server_status)
+
+
+def get_any(session: Session, instance_id: str) -> Instance:
+    """An instance of any project (admin views)."""
+    inst = session.get(Instance, instance_id)
+    if inst is None or inst.deleted:
+        raise NotFound(f"Instance {instance_id} could not be found.", resource="instance", id=instance_id)
+    return inst

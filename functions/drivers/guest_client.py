@@ -12,9 +12,11 @@ from events.signing import Keyring, verify
 
 
 class GuestError(Exception):
-    def __init__(self, message: str, *, transient: bool) -> None:
+    def __init__(self, message: str, *, transient: bool, status: int | None = None, reason: str | None = None) -> None:
         super().__init__(message)
         self.transient = transient
+        self.status = status
+        self.reason = reason
 
 
 class GuestClient:
@@ -43,8 +45,16 @@ class GuestClient:
             except EventError as exc:
                 raise GuestError(f"bad reply from the guest agent: {exc}", transient=True) from exc
             return reply
-        transient = response.status_code >= 500 or response.status_code == 409
+        try:
+            detail = response.json()
+        except ValueError:
+            detail = {}
+        reason = detail.get("reason") if isinstance(detail, dict) else None
+        error = detail.get("error") if isinstance(detail, dict) else None
+        transient = response.status_code >= 500 or (response.status_code == 409 and reason is None)
         raise GuestError(
-            f"guest agent refused {command.TYPE}: HTTP {response.status_code} {response.text[:300]}",
+            error or f"guest agent refused {command.TYPE}: HTTP {response.status_code} {response.text[:300]}",
             transient=transient,
+            status=response.status_code,
+            reason=reason,
         )

@@ -106,3 +106,17 @@ class ServiceStatus(Base):
     guest_detail: Mapped[str | None] = mapped_column(Text)
     datastore_version: Mapped[str | None] = mapped_column(String(64))
     volume_used_bytes: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class RootEnabledHistory(Base):
+    """Who enabled root on an instance, and when (Trove's root_enabled_history).
+
+    Trove answers `rootEnabled` from this table, not from the guest: enabled once a row
+    exists. Ours also records when root was disabled again."""
+
+    __tablename__ = "root_enabled_history"
+
+    id: Mapped[str] = mapped_column(String(36), ForeignKey("instances.id"), primary_key=True)
+    user: Mapped[str] = mapped_column(String(255))
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    disabled_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
