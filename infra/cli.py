@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 from functions import settings as fsettings
+from functions.drivers.compute_local import process_alive
 
 DEFAULT_PROJECT_NOTE = "created by `troveless up` for local use"
 
@@ -137,7 +138,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     data_dir = _use_environment(args)
     state = read_state(data_dir)
-    running = bool(state) and _alive(int(state["pid"]))  # type: ignore[index]
+    running = bool(state) and process_alive(int(state["pid"]))  # type: ignore[index]
     if not running:
         print(f"not running (data dir {data_dir})")
     else:
@@ -175,14 +176,6 @@ def _print_counts() -> None:
     print("  workflow runs: " + (", ".join(f"{k} {v}" for k, v in sorted(runs.items())) or "none"))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
@@ -212,7 +205,7 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
 
     data_dir = _use_environment(args)
     state = read_state(data_dir)
-    if not state or not _alive(int(state["pid"])):
+    if not state or not process_alive(int(state["pid"])):
         print("the platform is not running: start it with `troveless up`", file=sys.stderr)
         return 3
     os.environ["TROVELESS_BROKER_URL"] = state["urls"]["ingress"]

@@ -26,8 +26,8 @@ from functions.core.models.base import utcnow
 from functions.core.models.instance import RootEnabledHistory
 from functions.core.states import ServiceStatus as SS
 from functions.core.states import Task
+from functions.core.views import page_size
 
-PAGE_SIZE = 20
 ROOT_PASSWORD_LENGTH = 36
 _READY = {SS.HEALTHY.code, SS.RUNNING.code}
 
@@ -81,23 +81,12 @@ def _call(guest: Guest, t: Target, command: Event, expect: type[Event]) -> Event
     return event
 
 
-def page_limit(limit: str | None) -> int:
-    if limit in (None, ""):
-        return PAGE_SIZE
-    try:
-        value = int(limit)  # type: ignore[arg-type]
-    except ValueError:
-        raise BadRequest(f"limit must be an integer, not {limit!r}") from None
-    if value < 1:
-        raise BadRequest("limit must be at least 1")
-    return min(value, PAGE_SIZE)
-
 
 # ---- databases ---------------------------------------------------------------------------
 
 
 def list_databases(guest: Guest, t: Target, limit: str | None, marker: str | None) -> tuple[list[dict[str, Any]], str | None]:
-    reply = _call(guest, t, g.ListDatabasesRequested(instance_id=t.instance_id, limit=page_limit(limit), marker=marker or None),
+    reply = _call(guest, t, g.ListDatabasesRequested(instance_id=t.instance_id, limit=page_size(limit), marker=marker or None),
                   g.DatabasesListed)
     return [{"name": d.name} for d in reply.databases], reply.next_marker  # type: ignore[attr-defined]
 
@@ -143,7 +132,7 @@ def user_view(user: g.UserInfo) -> dict[str, Any]:
 
 
 def list_users(guest: Guest, t: Target, limit: str | None, marker: str | None) -> tuple[list[dict[str, Any]], str | None]:
-    reply = _call(guest, t, g.ListUsersRequested(instance_id=t.instance_id, limit=page_limit(limit), marker=marker or None),
+    reply = _call(guest, t, g.ListUsersRequested(instance_id=t.instance_id, limit=page_size(limit), marker=marker or None),
                   g.UsersListed)
     return [user_view(u) for u in reply.users], reply.next_marker  # type: ignore[attr-defined]
 

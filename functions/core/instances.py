@@ -16,6 +16,7 @@ from functions.core import catalog, flavors
 from functions.core import workflow as runner
 from functions.core.errors import BadRequest, NotFound, NotImplementedFeature, OverLimit, UnprocessableEntity
 from functions.core.instance_views import InstanceRow
+from functions.core.views import page_size
 from functions.core.models.base import utcnow
 from functions.core.models.datastore import Datastore, DatastoreVersion
 from functions.core.models.instance import Instance, InstanceFault, ServiceStatus
@@ -24,7 +25,6 @@ from functions.core.schemas.instances import InstanceCreate, InstanceUpdate
 from functions.core.states import ServiceStatus as SS
 from functions.core.states import Task
 
-PAGE_SIZE = 20
 MAX_VOLUME_GB = 10
 NAME_LIMITS = {"postgresql": 63, "mariadb": 64, "mysql": 64}
 USER_LIMITS = {"postgresql": 63, "mariadb": 80, "mysql": 32}
@@ -63,7 +63,7 @@ def get_row(session: Session, project_id: str, instance_id: str, *, with_fault: 
 
 def list_rows(session: Session, project_id: str, limit: str | None, marker: str | None) -> tuple[list[InstanceRow], str | None]:
     """Trove's keyset paging on id (page size capped at 20), newest first within a page."""
-    size = _page_size(limit)
+    size = page_size(limit)
     query = _rows().where(Instance.tenant_id == project_id, Instance.deleted.is_(False))
     if marker:
         query = query.where(Instance.id > marker)
@@ -73,17 +73,6 @@ def list_rows(session: Session, project_id: str, limit: str | None, marker: str 
     rows.sort(key=lambda r: r.instance.created, reverse=True)
     return rows, next_marker
 
-
-def _page_size(limit: str | None) -> int:
-    if limit in (None, ""):
-        return PAGE_SIZE
-    try:
-        value = int(limit)  # type: ignore[arg-type]
-    except ValueError:
-        raise BadRequest(f"limit must be an integer, not {limit!r}") from None
-    if value < 1:
-        raise BadRequest("limit must be at least 1")
-    return min(value, PAGE_SIZE)
 
 
 def create(session: Session, project_id: str, body: InstanceCreate, now: dt.datetime | None = None) -> tuple[InstanceRow, list[Message]]:

@@ -49,6 +49,8 @@ def check_database(kind: str, name: object) -> str:
 
 def check_user(kind: str, name: object) -> str:
     name = _text("User", name)
+    if "@" in name:
+        raise BadRequest(f"User name '{name}' is invalid: '@' separates the user from its host in URLs.")
     if kind == "postgresql":
         _pg_identifier("User", name)
         if name.startswith("pg_"):
@@ -56,7 +58,7 @@ def check_user(kind: str, name: object) -> str:
     else:
         if len(name) > 80:
             raise BadRequest(f"User name '{name[:90]}' is invalid: it is longer than 80 characters.")
-        if name != name.strip() or _MYSQL_FORBIDDEN & set(name) or "@" in name:
+        if name != name.strip() or _MYSQL_FORBIDDEN & set(name):
             raise BadRequest(
                 f"User name '{name}' is invalid: no leading or trailing spaces and none of "
                 "' \" ; ` , / \\ @ are allowed."

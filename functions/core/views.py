@@ -21,3 +21,21 @@ def next_link(url: str, marker: str) -> list[dict[str, str]]:
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "marker"]
     query.append(("marker", marker))
     return [{"rel": "next", "href": urlunsplit(parts._replace(query=urlencode(query)))}]
+
+
+PAGE_SIZE = 20
+
+
+def page_size(limit: str | None, cap: int = PAGE_SIZE) -> int:
+    """Trove's `min(limit or page_size, page_size)`: a client cannot ask for more than a page."""
+    from functions.core.errors import BadRequest
+
+    if limit in (None, ""):
+        return cap
+    try:
+        value = int(limit)  # type: ignore[arg-type]
+    except ValueError:
+        raise BadRequest(f"limit must be an integer, not {limit!r}") from None
+    if value < 1:
+        raise BadRequest("limit must be at least 1")
+    return min(value, cap)

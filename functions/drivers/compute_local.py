@@ -181,7 +181,7 @@ class LocalCompute:
             pid = _read_pid(pid_file)
             if pid:
                 pids.append(pid)
-        return [p for p in dict.fromkeys(pids) if _alive(p) and _is_ours(p, directory)]
+        return [p for p in dict.fromkeys(pids) if process_alive(p) and _is_ours(p, directory)]
 
     def server_running(self, instance_id: str) -> bool:
         return bool(self._pids(instance_id))
@@ -224,7 +224,8 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Alive and not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

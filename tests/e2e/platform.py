@@ -164,3 +164,15 @@ def listening(address: str, port: int) -> bool:
 def wait_until(predicate, timeout_s: float = 30, what: str = "") -> None:  # type: ignore[no-untyped-def]
     wait_for(predicate, timeout_s=timeout_s, interval_s=0.1, what=what)
     time.sleep(0)
+
+
+def sql(kind: str, ip: str, user: str, password: str, database: str, statement: str) -> subprocess.CompletedProcess[str]:
+    """Run a statement with the datastore's own command-line client, over TCP."""
+    if kind == "postgresql":
+        argv = ["psql", "-h", ip, "-U", user, "-d", database, "-v", "ON_ERROR_STOP=1", "-Atc", statement]
+        env = {**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "5"}
+    else:
+        argv = ["mariadb", "-h", ip, "-P", "3306", "-u", user, f"-p{password}", "--connect-timeout=5", "-N", "-e",
+                statement, *([database] if database else [])]
+        env = dict(os.environ)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)

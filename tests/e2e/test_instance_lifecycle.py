@@ -7,13 +7,12 @@ import json
 import time
 import os
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.platform import LocalPlatform, listening, wait_gone
+from tests.e2e.platform import LocalPlatform, listening, sql, wait_gone
 from tests.infra.platform_helpers import wait_for
 
 PORTS = {"postgresql": 5432, "mariadb": 3306}
@@ -27,15 +26,6 @@ def platform(database_url: str) -> Iterator[LocalPlatform]:
     p.cleanup()
 
 
-def sql(datastore: str, ip: str, user: str, password: str, database: str, statement: str) -> subprocess.CompletedProcess[str]:
-    if datastore == "postgresql":
-        argv = ["psql", "-h", ip, "-U", user, "-d", database, "-v", "ON_ERROR_STOP=1", "-Atc", statement]
-        env = {**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "5"}
-    else:
-        argv = ["mariadb", "-h", ip, "-P", "3306", "-u", user, f"-p{password}", "--connect-timeout=5",
-                "-N", "-e", statement, database]
-        env = dict(os.environ)
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
 
 
 def server_pid(platform: LocalPlatform, instance_id: str) -> int:

@@ -7,11 +7,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from functions.runtime import reset_runtime, runtime, unit_of_work
 from infra.local.broker import Chaos
