@@ -21,9 +21,11 @@ ROUNDS = 20
 @pytest.fixture
 def platform(database_url: str) -> Iterator[LocalPlatform]:
     p = LocalPlatform(database_url)
-    p.start()
-    yield p
-    p.cleanup()
+    try:
+        p.start()
+        yield p
+    finally:
+        p.cleanup()
 
 
 def _body(n: int) -> dict:  # type: ignore[type-arg]

@@ -21,9 +21,11 @@ PORTS = {"postgresql": 5432, "mariadb": 3306}
 @pytest.fixture
 def platform(database_url: str) -> Iterator[LocalPlatform]:
     p = LocalPlatform(database_url)
-    p.start()
-    yield p
-    p.cleanup()
+    try:
+        p.start()
+        yield p
+    finally:
+        p.cleanup()
 
 
 
