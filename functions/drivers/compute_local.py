@@ -160,28 +160,35 @@ class LocalCompute:
         return server_id
 
     def _pids(self, instance_id: str) -> list[int]:
-        """Our processes for this instance: the agent and the database server it ran."""
+        """Our processes for this instance: the agent, and everything in its session.
+
+        The agent is started as a session leader, so whatever it runs (the database server,
+        initdb, a copy of a template) keeps the agent's pid as its session id, even after the
+        agent died; Linux does not reuse a pid that is still a session id. The pids the agent
+        recorded are checked as well, against /proc, before anything is signalled."""
         directory = self.instance_dir(instance_id)
-        pids = []
+        pids: list[int] = []
         agent = _read_pid(directory / "agent.pid")
-        if agent and _is_ours(agent, directory):
-            pids.append(agent)
+        if agent:
+            if process_alive(agent) and _is_ours(agent, directory):
+                pids.append(agent)
+            pids += _session_members(agent)
         state = directory / "agent.json"
         try:
             server = json.loads(state.read_text()).get("server_pid")
         except (OSError, ValueError):
             server = None
-        for pid_file in (directory / "run").glob("*.pid") if (directory / "run").is_dir() else []:
-            pid = _read_pid(pid_file)
-            if pid:
-                pids.append(pid)
         if isinstance(server, int):
             pids.append(server)
-        for pid_file in (directory / "volume").rglob("postmaster.pid") if (directory / "volume").is_dir() else []:
-            pid = _read_pid(pid_file)
-            if pid:
-                pids.append(pid)
-        return [p for p in dict.fromkeys(pids) if process_alive(p) and _is_ours(p, directory)]
+        if (directory / "run").is_dir():
+            pids += [p for p in map(_read_pid, (directory / "run").glob("*.pid")) if p]
+        if (directory / "volume").is_dir():
+            pids += [p for p in map(_read_pid, (directory / "volume").rglob("postmaster.pid")) if p]
+        agent_session = set(_session_members(agent)) if agent else set()
+        return [
+            p for p in dict.fromkeys(pids)
+            if process_alive(p) and (p in agent_session or _is_ours(p, directory))
+        ]
 
     def server_running(self, instance_id: str) -> bool:
         return bool(self._pids(instance_id))
@@ -250,6 +257,19 @@ def _is_ours(pid: int, directory: Path) -> bool:
         return os.readlink(f"/proc/{pid}/cwd").startswith(needle)
     except OSError:
         return False
+
+
+def _session_members(sid: int) -> list[int]:
+    """Live processes whose session id is `sid` (field 6 of /proc/<pid>/stat)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 3 and fields[0] != "Z" and int(fields[3]) == sid:
+            members.append(int(stat.parent.name))
+    return members
 
 
 def _signal(pid: int, sig: int) -> None:
