@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from events.base import Event
 from events.envelope import Message
 from events.guest import GuestHeartbeat, GuestStatusReported, guest_source, instance_key
 from events.publisher import Publisher
@@ -58,7 +59,7 @@ class EventFactory:
             "restarts": snap.restarts,
         }
 
-    def _sign(self, event: GuestHeartbeat | GuestStatusReported) -> Message:
+    def _sign(self, event: Event) -> Message:
         msg = event.to_message(
             self.source,
             subject=self.settings.instance_id,
@@ -74,6 +75,10 @@ class EventFactory:
 
     def status_report(self, snap: Snapshot) -> Message:
         return self._sign(GuestStatusReported(**self._fields(snap)))  # type: ignore[arg-type]
+
+    def reply(self, event: Event) -> Message:
+        """Any synchronous reply (DatabasesListed, CommandCompleted...), signed and sequenced."""
+        return self._sign(event)
 
 
 class Heartbeater:

@@ -6,6 +6,11 @@ Checks, in order, each with its own status so the control plane can tell problem
   400  unknown type, invalid data, or a type that is not a command
   403  a validly signed command whose data names another instance
   409  another operation is running (or the instance is not prepared yet)
+
+Database, user, access and root commands are answered at once on the request thread: 200
+with the reply event (signed like the status reply), or {"error", "reason"} with 404
+not_found, 409 exists, 400 invalid, or 503 not_ready (server not prepared or not running, or
+an operation holds it: such a command never waits for one). They run one at a time.
 The source is checked before the signature so a guest key can never replay a heartbeat
 (signed for guest_source) at an agent as if it were a command. The replay guard is in
 memory: after an agent restart, SequenceCounter's time-based floor on the control plane's
@@ -16,6 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +40,41 @@ from events.errors import (
     ReplayError,
     UnknownEventType,
 )
+from events.base import Event
 from events.guest import (
     COMMANDS_PATH,
     HEALTH_PATH,
+    ChangePasswordsRequested,
+    CommandCompleted,
+    CreateDatabasesRequested,
+    CreateUsersRequested,
+    DatabasesListed,
+    DeleteDatabaseRequested,
+    DeleteUserRequested,
+    DisableRootRequested,
+    EnableRootRequested,
+    GrantAccessRequested,
+    ListDatabasesRequested,
+    ListUsersRequested,
     PrepareRequested,
     RestartRequested,
+    RevokeAccessRequested,
+    RootEnabled,
+    ShowUserRequested,
     StartRequested,
     StatusRequested,
     StopRequested,
+    UpdateUserRequested,
+    UserShown,
+    UsersListed,
     control_source,
     instance_key,
 )
 from events.replay import InMemoryReplayGuard
 from events.signing import Keyring, verify
+from guest_agent.datastores.base import Datastore, DatastoreError, NotReady
 from guest_agent.heartbeat import EventFactory
+from guest_agent.process import REDACTOR
 from guest_agent.settings import Settings
 from guest_agent.supervisor import Busy, Supervisor
 
@@ -65,6 +93,58 @@ def _json(status: int, **body: Any) -> Response:
     return Response(json.dumps(body), status=status, mimetype="application/json")
 
 
+REASON_STATUS = {"not_found": 404, "exists": 409, "invalid": 400, "not_ready": 503}
+# An account command waits at most this long for the one before it.
+ACCOUNT_LOCK_TIMEOUT_S = 10.0
+
+
+def _list_databases(ds: Datastore, e: ListDatabasesRequested) -> Event:
+    databases, marker = ds.list_databases(e.limit, e.marker)
+    return DatabasesListed(instance_id=e.instance_id, databases=databases, next_marker=marker)
+
+
+def _list_users(ds: Datastore, e: ListUsersRequested) -> Event:
+    users, marker = ds.list_users(e.limit, e.marker)
+    return UsersListed(instance_id=e.instance_id, users=users, next_marker=marker)
+
+
+def _show_user(ds: Datastore, e: ShowUserRequested) -> Event:
+    return UserShown(instance_id=e.instance_id, user=ds.get_user(e.user.name, e.user.host))
+
+
+def _enable_root(ds: Datastore, e: EnableRootRequested) -> Event:
+    return RootEnabled(instance_id=e.instance_id, name=ds.enable_root(e.password))
+
+
+# Each account command: what it does, returning its reply (None: CommandCompleted).
+ACCOUNT_COMMANDS: dict[type, Callable[[Datastore, Any], Event | None]] = {
+    ListDatabasesRequested: _list_databases,
+    CreateDatabasesRequested: lambda ds, e: ds.create_databases(e.databases),
+    DeleteDatabaseRequested: lambda ds, e: ds.delete_database(e.name),
+    ListUsersRequested: _list_users,
+    ShowUserRequested: _show_user,
+    CreateUsersRequested: lambda ds, e: ds.create_users(e.users),
+    DeleteUserRequested: lambda ds, e: ds.delete_user(e.user),
+    UpdateUserRequested: lambda ds, e: ds.update_user(e.user, e.name, e.password, e.host),
+    ChangePasswordsRequested: lambda ds, e: ds.change_passwords(e.users),
+    GrantAccessRequested: lambda ds, e: ds.grant_access(e.user, e.databases),
+    RevokeAccessRequested: lambda ds, e: ds.revoke_access(e.user, e.database),
+    EnableRootRequested: _enable_root,
+    DisableRootRequested: lambda ds, e: ds.disable_root(),
+}
+
+
+def _passwords(event: Event) -> list[str | None]:
+    """Passwords a command carries: masked in every log line from now on."""
+    if isinstance(event, CreateUsersRequested):
+        return [u.password for u in event.users]
+    if isinstance(event, ChangePasswordsRequested):
+        return [u.password for u in event.users]
+    if isinstance(event, (UpdateUserRequested, EnableRootRequested)):
+        return [event.password]
+    return []
+
+
 class CommandApp:
     def __init__(self, settings: Settings, secret: bytes, supervisor: Supervisor, factory: EventFactory) -> None:
         self.settings = settings
@@ -74,6 +154,7 @@ class CommandApp:
         self.keyring = Keyring([instance_key(settings.instance_id, secret)])
         self.replay_guard = InMemoryReplayGuard()
         self.control = control_source(settings.instance_id)
+        self._accounts = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
@@ -112,15 +193,20 @@ class CommandApp:
             return _json(401, error=str(exc))
         try:
             event = registry.parse(message)
-        except (UnknownEventType, InvalidEventData) as exc:
+        except UnknownEventType as exc:
             return _json(400, error=str(exc))
+        except InvalidEventData as exc:
+            return _json(400, error=REDACTOR.redact(str(exc)), reason="invalid")
         instance_id = getattr(event, "instance_id", None)
-        if not isinstance(event, (StatusRequested, *LONG_OPERATIONS)):
+        if not isinstance(event, (StatusRequested, *LONG_OPERATIONS, *ACCOUNT_COMMANDS)):
             return _json(400, error=f"{message.type} is not a guest command")
         if instance_id != self.settings.instance_id:
             log.warning("refused command %s for instance %s", message.id, instance_id)
             return _json(403, error="command is for another instance")
         log.info("command %s (%s)", message.type, message.id)
+
+        if type(event) in ACCOUNT_COMMANDS:
+            return self.account_command(event, message.type)
 
         if isinstance(event, StatusRequested):
             reply = self.factory.status_report(self.supervisor.snapshot())
@@ -137,6 +223,30 @@ class CommandApp:
         if not started:
             return _json(202, operation=operation, accepted=True, note="already in progress")
         return _json(202, operation=operation, accepted=True)
+
+    def account_command(self, event: Event, command_type: str) -> Response:
+        """Run a database/user/root command now, on this thread; never a 500 for bad input."""
+        REDACTOR.add(_passwords(event))
+        action = ACCOUNT_COMMANDS[type(event)]
+        try:
+            if not self._accounts.acquire(timeout=ACCOUNT_LOCK_TIMEOUT_S):
+                raise NotReady("another database or user command is still running; retry later")
+            try:
+                with self.supervisor.sql_access() as ds:
+                    reply = action(ds, event)
+            finally:
+                self._accounts.release()
+        except DatastoreError as exc:
+            message = REDACTOR.redact(str(exc))
+            if exc.reason is None:  # the server failed in a way we did not foresee
+                log.error("%s failed: %s", command_type, message)
+                return _json(500, error=message)
+            log.info("%s refused (%s): %s", command_type, exc.reason, message)
+            return _json(REASON_STATUS[exc.reason], error=message, reason=exc.reason)
+        if reply is None:
+            reply = CommandCompleted(instance_id=self.settings.instance_id, command=command_type)
+        headers, body = encode_binary(self.factory.reply(reply))
+        return Response(body, status=200, headers=headers)
 
 
 # User data is written when the server is created and read when the agent boots; allow for a

@@ -2,7 +2,10 @@
 
 One operation at a time (prepare, restart, stop, start, or the agent's own crash recovery)
 holds the *operation slot*; a second one is refused with `Busy` (HTTP 409), except a repeated
-prepare while preparing, which is a no-op. While no operation runs, a monitor thread watches
+prepare while preparing, which is a no-op. Short SQL commands (databases, users, root) run
+only while no operation holds the slot and the server runs (`sql_access`, else NotReady,
+HTTP 503); an operation that takes the slot waits (bounded) for the ones in flight to finish
+before it touches the server. While no operation runs, a monitor thread watches
 the child: if it exits unexpectedly the status becomes CRASHED at once (heartbeat sent
 immediately) and the server is restarted with exponential backoff (restart_backoff × 1, 2, 4,
 8, 16 s), at most MAX_CRASH_RESTARTS attempts per CRASH_WINDOW_S; past that it gives up and
@@ -24,11 +27,12 @@ import threading
 import time
 from pathlib import Path
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from events.guest import GuestStatus, PrepareRequested
-from guest_agent.datastores.base import Datastore, new_admin_password
+from guest_agent.datastores.base import Datastore, NotReady, new_admin_password
 from guest_agent.process import (
     REDACTOR,
     check_traversable,
@@ -47,6 +51,8 @@ MAX_CRASH_RESTARTS = 5
 CRASH_WINDOW_S = 300.0
 STOP_TIMEOUT_S = 60.0
 READY_TIMEOUT_S = 60.0
+# How long an operation waits for SQL commands in flight before it goes ahead anyway.
+SQL_DRAIN_TIMEOUT_S = 30.0
 
 
 def copy_tree(source: Path, target: Path) -> None:
@@ -121,6 +127,8 @@ class Supervisor:
         self._restarts = 0
         self._crash_attempts: deque[float] = deque()
         self._monitor: threading.Thread | None = None
+        self._sql_users = 0  # SQL commands in flight
+        self._sql_idle = threading.Condition(self._lock)
         try:
             self._version: str | None = datastore.version()
         except Exception as exc:  # the agent must stay up to report the problem
@@ -223,8 +231,36 @@ class Supervisor:
         threading.Thread(target=self._run_op, args=(op, action), name=op, daemon=True).start()
         return True
 
+    @contextmanager
+    def sql_access(self) -> Iterator[Datastore]:
+        """Use the running server for a short SQL command; NotReady (never waits) if it is not
+        prepared, not running, or an operation holds it."""
+        with self._lock:
+            if self._closing.is_set():
+                raise NotReady("the guest agent is shutting down")
+            if not self.store.state.prepared:
+                raise NotReady("the instance is not prepared")
+            if self._op is not None:
+                raise NotReady(f"operation {self._op!r} is in progress; retry later")
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                raise NotReady(f"the {self.ds.name} server is not running")
+            self._sql_users += 1
+        try:
+            yield self.ds
+        finally:
+            with self._lock:
+                self._sql_users -= 1
+                self._sql_idle.notify_all()
+
+    def _wait_sql_idle(self, timeout: float = SQL_DRAIN_TIMEOUT_S) -> None:
+        with self._lock:
+            if not self._sql_idle.wait_for(lambda: self._sql_users == 0, timeout=timeout):
+                log.warning("%d SQL command(s) still running after %.0fs; going ahead", self._sql_users, timeout)
+
     def _run_op(self, op: str, action: Callable[[], None]) -> None:
         try:
+            self._wait_sql_idle()  # the slot is ours: no new SQL command starts now
             action()
         except Exception as exc:
             if not self._closing.is_set():

@@ -16,9 +16,9 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
-from events.guest import DatabaseSpec, UserSpec
+from events.guest import DatabaseInfo, DatabaseSpec, PasswordChange, UserInfo, UserRef, UserSpec
 from guest_agent.process import DbUser, Redactor, pid_alive, process_cmdline
 from guest_agent.settings import Settings
 from guest_agent.state import AgentState
@@ -27,7 +27,95 @@ log = logging.getLogger(__name__)
 
 
 class DatastoreError(RuntimeError):
-    """A datastore operation failed; the message is safe to report (no secrets)."""
+    """A datastore operation failed; the message is safe to report (no secrets).
+
+    Account commands raise the subclasses below; `reason` is the wire code the command
+    server answers with (a plain DatastoreError is an unexpected server failure)."""
+
+    reason: ClassVar[str | None] = None
+
+
+class InvalidRequest(DatastoreError):
+    """A bad name, a reserved object, an unknown character set... (HTTP 400)."""
+
+    reason = "invalid"
+
+
+class NotFound(DatastoreError):
+    """The database, user or grant does not exist (HTTP 404)."""
+
+    reason = "not_found"
+
+
+class AlreadyExists(DatastoreError):
+    """The database or user exists already (HTTP 409)."""
+
+    reason = "exists"
+
+
+class NotReady(DatastoreError):
+    """The server is not running or cannot be reached right now (HTTP 503)."""
+
+    reason = "not_ready"
+
+
+T = TypeVar("T")
+
+
+def paginate(items: list[T], key: Callable[[T], Any], limit: int, marker: Any | None) -> tuple[list[T], Any | None]:
+    """One page of `items` in `key` order, starting after `marker` (exclusive).
+
+    Returns the page and the next marker (the last item's key) when more items follow,
+    else None: the first `limit + 1` items after the marker are taken, as a query would."""
+    ordered = sorted(items, key=key)
+    if marker is not None:
+        ordered = [item for item in ordered if key(item) > marker]
+    window = ordered[: limit + 1]
+    page = window[:limit]
+    return page, (key(page[-1]) if len(window) > limit and page else None)
+
+
+def split_user_marker(marker: str) -> tuple[str, str]:
+    """'name@host' -> (name, host), split at the last '@' (names may contain '@', hosts not).
+    A marker without '@' starts before every host of that name."""
+    name, at, host = marker.rpartition("@")
+    return (name, host) if at else (marker, "")
+
+
+def check_text(kind: str, value: object, max_len: int | None = None, *, max_bytes: int | None = None) -> str:
+    """A non-empty str without NUL that is valid UTF-8 (no lone surrogates), within limits."""
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"invalid {kind}: it must be a non-empty string")
+    if "\0" in value:
+        raise InvalidRequest(f"invalid {kind} {value!r}: it contains a NUL character")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"invalid {kind} {value!r}: it is not valid Unicode") from None
+    if max_len is not None and len(value) > max_len:
+        raise InvalidRequest(f"invalid {kind} {value[:80]!r}...: longer than {max_len} characters")
+    if max_bytes is not None and size > max_bytes:
+        raise InvalidRequest(f"invalid {kind} {value[:80]!r}...: longer than {max_bytes} bytes")
+    return value
+
+
+def check_password(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest("the password must not be empty")
+    if "\0" in value:
+        raise InvalidRequest("the password contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest("the password is not valid Unicode") from None
+    if len(value) > 1024:
+        raise InvalidRequest("the password is longer than 1024 characters")
+    return value
+
+
+def random_password() -> str:
+    """For disable_root: nobody ever sees it (only its hash reaches the server)."""
+    return secrets.token_urlsafe(48)
 
 
 def memory_settings_mb(ram_mb: int) -> dict[str, int]:
@@ -118,6 +206,67 @@ class Datastore(ABC):
 
     @abstractmethod
     def create_user(self, state: AgentState, spec: UserSpec) -> None: ...
+
+    # ------------------------------------------------------------ account commands
+    # Each raises InvalidRequest / NotFound / AlreadyExists / NotReady (see above). Reserved
+    # objects (the engine's and the agent's own) are never listed, and naming one is invalid.
+    # Paging is by name (users: (name, host)); markers are exclusive ("name", "name@host").
+
+    def is_reserved_database(self, name: str) -> bool:
+        return name.lower() in self.reserved_databases
+
+    def is_reserved_user(self, name: str) -> bool:
+        return name.lower() in self.reserved_users
+
+    @abstractmethod
+    def list_databases(self, limit: int, marker: str | None) -> tuple[list[DatabaseInfo], str | None]: ...
+
+    @abstractmethod
+    def create_databases(self, specs: list[DatabaseSpec]) -> None:
+        """All or nothing: 409 if one exists, 400 for a bad name or character set."""
+
+    @abstractmethod
+    def delete_database(self, name: str) -> None: ...
+
+    @abstractmethod
+    def list_users(self, limit: int, marker: str | None) -> tuple[list[UserInfo], str | None]: ...
+
+    @abstractmethod
+    def get_user(self, name: str, host: str | None) -> UserInfo: ...
+
+    @abstractmethod
+    def create_users(self, specs: list[UserSpec]) -> None:
+        """All or nothing: 409 if one exists, 404 if a database does not."""
+
+    @abstractmethod
+    def delete_user(self, ref: UserRef) -> None: ...
+
+    @abstractmethod
+    def update_user(
+        self, ref: UserRef, new_name: str | None, new_password: str | None, new_host: str | None
+    ) -> None: ...
+
+    @abstractmethod
+    def change_passwords(self, changes: list[PasswordChange]) -> None:
+        """All or nothing: 404 (nothing changed) if any user does not exist."""
+
+    @abstractmethod
+    def grant_access(self, ref: UserRef, databases: list[str]) -> None: ...
+
+    @abstractmethod
+    def revoke_access(self, ref: UserRef, database: str) -> None:
+        """404 if the user has no access to that database."""
+
+    @abstractmethod
+    def list_access(self, ref: UserRef) -> list[str]: ...
+
+    @abstractmethod
+    def enable_root(self, password: str) -> str:
+        """Create or reset the superuser `root` with this password; returns its name."""
+
+    @abstractmethod
+    def disable_root(self) -> None:
+        """A new random password nobody knows (the account stays); no-op if there is no root."""
 
     def use_version(self, requested: str | None) -> str | None:
         """Pick binaries for the requested version if several are installed; returns the choice."""

@@ -13,13 +13,29 @@ from __future__ import annotations
 import logging
 import re
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
-from events.guest import DatabaseSpec, UserSpec
-from guest_agent.datastores.base import Datastore, DatastoreError, memory_settings_mb, parse_version
+from events.guest import DatabaseInfo, DatabaseSpec, PasswordChange, UserInfo, UserRef, UserSpec
+from guest_agent.datastores.base import (
+    AlreadyExists,
+    Datastore,
+    DatastoreError,
+    InvalidRequest,
+    NotFound,
+    NotReady,
+    check_password,
+    check_text,
+    memory_settings_mb,
+    paginate,
+    parse_version,
+    random_password,
+    split_user_marker,
+)
 from guest_agent.process import (
     DbUser,
     Redactor,
@@ -59,10 +75,27 @@ def _conf_str(value: str) -> str:
 
 
 def _check_identifier(kind: str, name: str) -> None:
-    if not name or "\0" in name:
-        raise DatastoreError(f"invalid {kind} name {name!r}")
-    if len(name.encode()) > MAX_IDENTIFIER_BYTES:
-        raise DatastoreError(f"{kind} name {name!r} is longer than {MAX_IDENTIFIER_BYTES} bytes")
+    """1..63 bytes of valid UTF-8 without NUL; anything else (quotes, spaces...) is literal."""
+    check_text(f"{kind} name", name, max_bytes=MAX_IDENTIFIER_BYTES)
+
+
+# SQLSTATEs -> the wire's reasons. Class 08 (connection) and 57P (shutdown) mean not ready.
+_SQLSTATE_ERRORS: dict[str, type[DatastoreError]] = {
+    "42P04": AlreadyExists,  # duplicate_database
+    "42710": AlreadyExists,  # duplicate_object (role)
+    "3D000": NotFound,  # invalid_catalog_name (database)
+    "42704": NotFound,  # undefined_object (role)
+    "22023": InvalidRequest,  # invalid_parameter_value (encoding does not match locale)
+    "42809": InvalidRequest,  # wrong_object_type (invalid locale name)
+    "42602": InvalidRequest,  # invalid_name
+    "42622": InvalidRequest,  # name_too_long
+    "42939": InvalidRequest,  # reserved_name
+    "22021": InvalidRequest,  # character_not_in_repertoire
+    "0A000": InvalidRequest,  # feature_not_supported
+    "2BP01": InvalidRequest,  # dependent_objects_still_exist
+    "55006": InvalidRequest,  # object_in_use
+}
+ROOT_ROLE = "root"
 
 
 class PostgreSQL(Datastore):
@@ -237,27 +270,91 @@ class PostgreSQL(Datastore):
             return None
         return parse_version(row[0]) if row else None
 
-    def create_database(self, state: AgentState, spec: DatabaseSpec) -> None:
-        _check_identifier("database", spec.name)
+    # ------------------------------------------------------------ databases and users
+
+    @contextmanager
+    def _session(self, action: str, dbname: str = "postgres", **overrides: type[DatastoreError]) -> Iterator[psycopg.Connection]:
+        """An admin connection whose errors become the wire's reasons (see _SQLSTATE_ERRORS)."""
+        try:
+            with self._connect(dbname=dbname) as conn:
+                yield conn
+        except DatastoreError:
+            raise
+        except psycopg.Error as exc:
+            raise self._error(action, exc, overrides) from None
+        except OSError as exc:
+            raise NotReady(f"cannot {action}: {exc}") from None
+
+    def _error(self, action: str, exc: psycopg.Error, overrides: dict[str, type[DatastoreError]]) -> DatastoreError:
+        state = exc.sqlstate
+        text = exc.diag.message_primary if state else (str(exc).strip().splitlines() or [""])[0]
+        message = f"cannot {action}: {self.redactor.redact(text or type(exc).__name__)}"
+        if state is None and isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+            return NotReady(message)  # could not connect, or the connection broke
+        if state is not None and state.startswith(("08", "57P")):
+            return NotReady(message)
+        cls = overrides.get(state or "") or _SQLSTATE_ERRORS.get(state or "")
+        if cls is None:
+            log.error("%s (SQLSTATE %s)", message, state or "-")
+            return DatastoreError(message)
+        return cls(message)
+
+    def _verifier(self, conn: psycopg.Connection, name: str, password: str) -> str:
+        """Hashed client-side (as psql's \\password): the server, its logs and pg_stat_activity
+        only ever see the SCRAM verifier, never the password. SCRAM does not depend on the
+        role name, so a renamed role keeps its password (MD5 would be cleared)."""
+        return conn.pgconn.encrypt_password(password.encode(), name.encode(), b"scram-sha-256").decode()
+
+    def _check_database(self, name: str) -> str:
+        _check_identifier("database", name)
+        if self.is_reserved_database(name):
+            raise InvalidRequest(f"database {name!r} is reserved")
+        return name
+
+    def is_reserved_user(self, name: str) -> bool:
+        return super().is_reserved_user(name) or name.lower().startswith("pg_")
+
+    def _check_user(self, name: str) -> str:
+        _check_identifier("user", name)
+        if self.is_reserved_user(name):
+            raise InvalidRequest(f"user {name!r} is reserved")
+        return name
+
+    @staticmethod
+    def _create_database_query(spec: DatabaseSpec) -> sql.Composed:
         query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(spec.name))
+        collate = spec.collate
         if spec.character_set:
             query += sql.SQL(" ENCODING {}").format(sql.Literal(spec.character_set))
-        if spec.collate:
-            query += sql.SQL(" LC_COLLATE {}").format(sql.Literal(spec.collate))
+            if collate is None and spec.character_set.replace("-", "").upper() not in ("UTF8", "UNICODE"):
+                collate = "C"  # the default C.UTF-8 locale only fits UTF8; C fits every encoding
+        if collate:
+            query += sql.SQL(" LC_COLLATE {0} LC_CTYPE {0}").format(sql.Literal(collate))
         # template0: a different encoding/collation than template1's needs a pristine template.
-        query += sql.SQL(" TEMPLATE template0")
+        return query + sql.SQL(" TEMPLATE template0")
+
+    @staticmethod
+    def _close_to_public(conn: psycopg.Connection, name: str) -> None:
+        """Only users granted the database may connect (PostgreSQL grants CONNECT to PUBLIC)."""
+        conn.execute(sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
+
+    def create_database(self, state: AgentState, spec: DatabaseSpec) -> None:
+        """At prepare time: idempotent (an interrupted prepare is resumed)."""
+        _check_identifier("database", spec.name)
         try:
             with self._connect() as conn:
                 exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (spec.name,)).fetchone()
                 if exists:
                     log.info("database %s exists already", spec.name)
                     return
-                conn.execute(query)
+                conn.execute(self._create_database_query(spec))
+                self._close_to_public(conn, spec.name)
         except psycopg.Error as exc:
             raise DatastoreError(f"cannot create database {spec.name!r}: {self.redactor.redact(str(exc))}") from None
         log.info("created database %s", spec.name)
 
     def create_user(self, state: AgentState, spec: UserSpec) -> None:
+        """At prepare time: idempotent (an existing role gets the requested password)."""
         _check_identifier("user", spec.name)
         for db in spec.databases:
             _check_identifier("database", db)
@@ -266,21 +363,313 @@ class PostgreSQL(Datastore):
             with self._connect() as conn:
                 exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (spec.name,)).fetchone()
                 verb = sql.SQL("ALTER ROLE" if exists else "CREATE ROLE")
-                # Hash client-side (as psql's \password does): the server, its logs and
-                # pg_stat_activity only ever see the SCRAM verifier, never the password.
-                verifier = conn.pgconn.encrypt_password(
-                    spec.password.encode(), spec.name.encode(), b"scram-sha-256"
-                ).decode()
+                verifier = self._verifier(conn, spec.name, spec.password)
                 conn.execute(sql.SQL("{} {} WITH LOGIN PASSWORD {}").format(verb, role, sql.Literal(verifier)))
                 for db in spec.databases:
                     conn.execute(
                         sql.SQL("GRANT ALL PRIVILEGES ON DATABASE {} TO {}").format(sql.Identifier(db), role)
                     )
-            # PostgreSQL 15 no longer lets everyone create in schema public: grant it per
-            # database (as Trove does), connected to that database.
             for db in spec.databases:
-                with self._connect(dbname=db) as conn:
-                    conn.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(role))
+                self._grant_schema(db, spec.name)
         except psycopg.Error as exc:
             raise DatastoreError(f"cannot create user {spec.name!r}: {self.redactor.redact(str(exc))}") from None
         log.info("created user %s with access to %s", spec.name, ", ".join(spec.databases) or "no databases")
+
+    # -- queries shared by the commands
+
+    def _databases(self, conn: psycopg.Connection) -> list[DatabaseInfo]:
+        rows = conn.execute(
+            "SELECT datname, pg_encoding_to_char(encoding), datcollate FROM pg_database"
+            " WHERE NOT datistemplate AND datallowconn AND datconnlimit <> -2"
+        ).fetchall()
+        return [
+            DatabaseInfo(name=name, character_set=encoding, collate=collate)
+            for name, encoding, collate in rows
+            if not self.is_reserved_database(name)
+        ]
+
+    def _existing_databases(self, conn: psycopg.Connection, names: list[str]) -> set[str]:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname = ANY(%s) AND NOT datistemplate", (names,)
+        ).fetchall()
+        return {name for (name,) in rows}
+
+    def _require_databases(self, conn: psycopg.Connection, names: list[str]) -> None:
+        missing = [n for n in names if n not in self._existing_databases(conn, names)]
+        if missing:
+            raise NotFound(f"database {missing[0]!r} does not exist")
+
+    def _login_role_oid(self, conn: psycopg.Connection, name: str) -> int:
+        row = conn.execute("SELECT oid FROM pg_roles WHERE rolname = %s AND rolcanlogin", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"user {name!r} does not exist")
+        return int(row[0])
+
+    def _access(self, conn: psycopg.Connection, names: list[str]) -> dict[str, list[str]]:
+        """The user databases each role may connect to (its grants, PUBLIC's, or superuser)."""
+        rows = conn.execute(
+            "SELECT r.rolname, d.datname FROM pg_roles r CROSS JOIN pg_database d"
+            " WHERE r.rolname = ANY(%s) AND NOT d.datistemplate AND d.datallowconn AND d.datconnlimit <> -2"
+            " AND has_database_privilege(r.oid, d.oid, 'CONNECT')",
+            (names,),
+        ).fetchall()
+        access: dict[str, list[str]] = {name: [] for name in names}
+        for role, db in rows:
+            if not self.is_reserved_database(db):
+                access[role].append(db)
+        return {role: sorted(dbs) for role, dbs in access.items()}
+
+    def _grant_schema(self, db: str, role: str) -> None:
+        """PostgreSQL 15 no longer lets everyone create in schema public: grant it per database
+        (as Trove does), connected to that database."""
+        with self._connect(dbname=db) as conn:
+            if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'public'").fetchone():
+                conn.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(role)))
+
+    @staticmethod
+    def _terminate(conn: psycopg.Connection, role: str, db: str | None = None) -> None:
+        """End the role's sessions (in one database), waiting up to 5 s for each to go."""
+        query = "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()"
+        args: tuple[object, ...] = (role,)
+        if db is not None:
+            query += " AND datname = %s"
+            args += (db,)
+        conn.execute(query, args)
+
+    def _drop_role(self, conn: psycopg.Connection, name: str, oid: int) -> None:
+        """What the role owns goes to os_admin (data survives), its privileges go, then the role."""
+        role = sql.Identifier(name)
+        reassign = sql.SQL("REASSIGN OWNED BY {} TO {}").format(role, sql.Identifier(ADMIN_USER))
+        drop_owned = sql.SQL("DROP OWNED BY {}").format(role)
+        dbs = conn.execute(
+            "SELECT DISTINCT d.datname FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid"
+            " WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = %s AND d.datallowconn"
+            " AND d.datname <> current_database()",
+            (oid,),
+        ).fetchall()
+        for (db,) in dbs:
+            with self._connect(dbname=db) as other:
+                other.execute(reassign)
+                other.execute(drop_owned)
+        # This database, and shared objects (grants on databases, databases it owns).
+        conn.execute(reassign)
+        conn.execute(drop_owned)
+        conn.execute(sql.SQL("DROP ROLE {}").format(role))
+
+    # -- the commands
+
+    def list_databases(self, limit: int, marker: str | None) -> tuple[list[DatabaseInfo], str | None]:
+        with self._session("list databases") as conn:
+            databases = self._databases(conn)
+        return paginate(databases, lambda d: d.name, limit, marker)
+
+    def create_databases(self, specs: list[DatabaseSpec]) -> None:
+        if not specs:
+            raise InvalidRequest("no databases to create")
+        names = [self._check_database(spec.name) for spec in specs]
+        if len(set(names)) != len(names):
+            raise InvalidRequest("a database appears more than once in the request")
+        for spec in specs:
+            for kind, value in (("character set", spec.character_set), ("collation", spec.collate)):
+                if value is not None:
+                    check_text(kind, value, 64)
+        created: list[str] = []
+        with self._session("create databases", **{"42704": InvalidRequest}) as conn:
+            clash = {n for (n,) in conn.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)", (names,))}
+            if clash:
+                raise AlreadyExists(f"database {sorted(clash)[0]!r} exists already")
+            for spec in specs:
+                if spec.character_set and conn.execute(
+                    "SELECT pg_char_to_encoding(%s)", (spec.character_set,)
+                ).fetchone() == (-1,):
+                    raise InvalidRequest(f"unknown character set {spec.character_set!r}")
+            try:
+                for spec in specs:
+                    conn.execute(self._create_database_query(spec))
+                    created.append(spec.name)
+                    self._close_to_public(conn, spec.name)
+            except psycopg.Error:
+                for name in created:  # all or nothing
+                    try:
+                        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+                    except psycopg.Error as exc:
+                        log.warning("could not drop database %s after a failed create: %s", name, exc)
+                raise
+        log.info("created databases %s", ", ".join(names))
+
+    def delete_database(self, name: str) -> None:
+        self._check_database(name)
+        with self._session(f"delete database {name!r}") as conn:
+            self._require_databases(conn, [name])
+            # FORCE: its open connections are terminated first.
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        log.info("deleted database %s", name)
+
+    def list_users(self, limit: int, marker: str | None) -> tuple[list[UserInfo], str | None]:
+        with self._session("list users") as conn:
+            names = [
+                name for (name,) in conn.execute("SELECT rolname FROM pg_roles WHERE rolcanlogin").fetchall()
+                if not self.is_reserved_user(name)
+            ]
+            page, last = paginate(
+                [(name, "%") for name in names], lambda a: a, limit,
+                split_user_marker(marker) if marker is not None else None,
+            )
+            access = self._access(conn, [name for name, _ in page])
+        users = [UserInfo(name=name, host="%", databases=access[name]) for name, _ in page]
+        return users, (f"{last[0]}@{last[1]}" if last else None)
+
+    def get_user(self, name: str, host: str | None) -> UserInfo:
+        self._check_user(name)
+        with self._session(f"show user {name!r}") as conn:
+            self._login_role_oid(conn, name)
+            return UserInfo(name=name, host="%", databases=self._access(conn, [name])[name])
+
+    def create_users(self, specs: list[UserSpec]) -> None:
+        if not specs:
+            raise InvalidRequest("no users to create")
+        names = [self._check_user(spec.name) for spec in specs]
+        if len(set(names)) != len(names):
+            raise InvalidRequest("a user appears more than once in the request")
+        for spec in specs:
+            check_password(spec.password)
+            for db in spec.databases:
+                self._check_database(db)
+        with self._session("create users") as conn:
+            clash = conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (names,)).fetchall()
+            if clash:
+                raise AlreadyExists(f"user {clash[0][0]!r} exists already")
+            self._require_databases(conn, sorted({db for spec in specs for db in spec.databases}))
+            with conn.transaction():  # roles and database grants: all or nothing
+                for spec in specs:
+                    role = sql.Identifier(spec.name)
+                    verifier = self._verifier(conn, spec.name, spec.password)
+                    conn.execute(sql.SQL("CREATE ROLE {} WITH LOGIN PASSWORD {}").format(role, sql.Literal(verifier)))
+                    for db in spec.databases:
+                        conn.execute(
+                            sql.SQL("GRANT ALL PRIVILEGES ON DATABASE {} TO {}").format(sql.Identifier(db), role)
+                        )
+            try:
+                for spec in specs:
+                    for db in spec.databases:
+                        self._grant_schema(db, spec.name)
+            except psycopg.Error:
+                for spec in specs:  # e.g. a database dropped meanwhile: undo the roles
+                    try:
+                        self._drop_role(conn, spec.name, self._login_role_oid(conn, spec.name))
+                    except (psycopg.Error, DatastoreError) as exc:
+                        log.warning("could not drop user %s after a failed create: %s", spec.name, exc)
+                raise
+        log.info("created users %s", ", ".join(names))
+
+    def delete_user(self, ref: UserRef) -> None:
+        self._check_user(ref.name)
+        with self._session(f"delete user {ref.name!r}") as conn:
+            oid = self._login_role_oid(conn, ref.name)
+            self._terminate(conn, ref.name)
+            self._drop_role(conn, ref.name, oid)
+        log.info("deleted user %s", ref.name)
+
+    def update_user(
+        self, ref: UserRef, new_name: str | None, new_password: str | None, new_host: str | None
+    ) -> None:
+        self._check_user(ref.name)
+        if new_host not in (None, "%"):
+            raise InvalidRequest("PostgreSQL users have no host; use '%'")
+        if new_name is not None:
+            self._check_user(new_name)
+        if new_password is not None:
+            check_password(new_password)
+        with self._session(f"update user {ref.name!r}") as conn, conn.transaction():
+            self._login_role_oid(conn, ref.name)
+            name = ref.name
+            if new_name is not None and new_name != ref.name:
+                if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (new_name,)).fetchone():
+                    raise AlreadyExists(f"user {new_name!r} exists already")
+                conn.execute(sql.SQL("ALTER ROLE {} RENAME TO {}").format(sql.Identifier(name), sql.Identifier(new_name)))
+                name = new_name
+            if new_password is not None:
+                verifier = self._verifier(conn, name, new_password)
+                conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(name), sql.Literal(verifier)))
+        log.info("updated user %s", ref.name if name == ref.name else f"{ref.name} -> {name}")
+
+    def change_passwords(self, changes: list[PasswordChange]) -> None:
+        if not changes:
+            raise InvalidRequest("no passwords to change")
+        names = [self._check_user(change.name) for change in changes]
+        if len(set(names)) != len(names):
+            raise InvalidRequest("a user appears more than once in the request")
+        for change in changes:
+            check_password(change.password)
+        with self._session("change passwords") as conn, conn.transaction():
+            found = {n for (n,) in conn.execute(
+                "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) AND rolcanlogin", (names,))}
+            missing = [n for n in names if n not in found]
+            if missing:
+                raise NotFound(f"user {missing[0]!r} does not exist; no password was changed")
+            for change in changes:
+                verifier = self._verifier(conn, change.name, change.password)
+                conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(change.name), sql.Literal(verifier)))
+        log.info("changed the passwords of %s", ", ".join(names))
+
+    def grant_access(self, ref: UserRef, databases: list[str]) -> None:
+        self._check_user(ref.name)
+        if not databases:
+            raise InvalidRequest("no databases to grant")
+        for db in databases:
+            self._check_database(db)
+        with self._session(f"grant access to {ref.name!r}") as conn:
+            self._login_role_oid(conn, ref.name)
+            self._require_databases(conn, databases)
+            with conn.transaction():
+                for db in databases:
+                    conn.execute(sql.SQL("GRANT ALL PRIVILEGES ON DATABASE {} TO {}").format(
+                        sql.Identifier(db), sql.Identifier(ref.name)))
+            for db in databases:
+                self._grant_schema(db, ref.name)
+        log.info("granted %s access to %s", ref.name, ", ".join(databases))
+
+    def revoke_access(self, ref: UserRef, database: str) -> None:
+        self._check_user(ref.name)
+        self._check_database(database)
+        role, db = sql.Identifier(ref.name), sql.Identifier(database)
+        with self._session(f"revoke access of {ref.name!r} to {database!r}") as conn:
+            self._login_role_oid(conn, ref.name)
+            if database not in self._access(conn, [ref.name])[ref.name]:
+                raise NotFound(f"user {ref.name!r} has no access to database {database!r}")
+            with conn.transaction():
+                conn.execute(sql.SQL("REVOKE ALL PRIVILEGES ON DATABASE {} FROM {}").format(db, role))
+                self._close_to_public(conn, database)  # as Trove: no access through PUBLIC either
+            with self._connect(dbname=database) as other:
+                if other.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'public'").fetchone():
+                    other.execute(sql.SQL("REVOKE ALL ON SCHEMA public FROM {}").format(role))
+            self._terminate(conn, ref.name, database)
+        log.info("revoked access of %s to %s", ref.name, database)
+
+    def list_access(self, ref: UserRef) -> list[str]:
+        self._check_user(ref.name)
+        with self._session(f"list access of {ref.name!r}") as conn:
+            self._login_role_oid(conn, ref.name)
+            return self._access(conn, [ref.name])[ref.name]
+
+    def enable_root(self, password: str) -> str:
+        check_password(password)
+        with self._session("enable root") as conn, conn.transaction():
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ROOT_ROLE,)).fetchone()
+            verb = sql.SQL("ALTER ROLE" if exists else "CREATE ROLE")
+            verifier = self._verifier(conn, ROOT_ROLE, password)
+            conn.execute(sql.SQL("{} {} WITH SUPERUSER LOGIN PASSWORD {}").format(
+                verb, sql.Identifier(ROOT_ROLE), sql.Literal(verifier)))
+        log.info("root enabled")
+        return ROOT_ROLE
+
+    def disable_root(self) -> None:
+        with self._session("disable root") as conn:
+            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ROOT_ROLE,)).fetchone():
+                return
+            verifier = self._verifier(conn, ROOT_ROLE, random_password())
+            conn.execute(sql.SQL("ALTER ROLE {} WITH NOLOGIN PASSWORD {}").format(
+                sql.Identifier(ROOT_ROLE), sql.Literal(verifier)))
+            self._terminate(conn, ROOT_ROLE)
+        log.info("root disabled")
