@@ -3,7 +3,10 @@ commands, every claim checked against the real server with its own client."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -66,6 +69,13 @@ def test_databases_users_access_and_root(instance) -> None:  # type: ignore[no-u
     assert ok(sql(kind, ip, "alice", "pw-alice-2", "app", "SELECT x FROM t"))
     shown = p.osc("database", "user", "show", iid, "alice", "-f", "json")
     assert shown["name"] == "alice" and "app" in str(shown["databases"])
+    # Bulk change (PUT .../users), as troveclient's users.change_passwords sends it.
+    r = p.api("PUT", f"/instances/{iid}/users", json={"users": [{"name": "alice", "password": "pw-alice-3"}]})
+    assert r.status_code == 202, r.text
+    assert not ok(sql(kind, ip, "alice", "pw-alice-2", "app", "SELECT 1"))
+    assert ok(sql(kind, ip, "alice", "pw-alice-3", "app", "SELECT 1"))
+    r = p.api("PUT", f"/instances/{iid}/users", json={"users": [{"name": "nobody", "password": "pw-x"}]})
+    assert r.status_code == 404 and ok(sql(kind, ip, "alice", "pw-alice-3", "app", "SELECT 1"))
 
     # Root: enable returns a password that logs in as a superuser; disable stops it.
     assert p.osc("database", "root", "show", iid, "-f", "json")["is_root_enabled"] is False
@@ -81,6 +91,8 @@ def test_databases_users_access_and_root(instance) -> None:  # type: ignore[no-u
     p.osc("database", "root", "disable", iid)
     assert not ok(sql(kind, ip, "root", "Given-Passw0rd", first_db, "SELECT 1"))
     assert p.osc("database", "root", "show", iid, "-f", "json")["is_root_enabled"] is False
+    history = p.api("GET", f"/mgmt/instances/{iid}/root").json()["root_history"]
+    assert history["id"] == iid and history["enabled"] != "Never" and history["user"] != "Nobody"
 
     # Deletes are reflected by the server.
     p.osc("database", "user", "delete", iid, "bob")
@@ -88,7 +100,7 @@ def test_databases_users_access_and_root(instance) -> None:  # type: ignore[no-u
     assert not ok(sql(kind, ip, "bob", "pw-bob-1", "app", "SELECT 1"))
     p.osc("database", "db", "delete", iid, "other")
     assert [d["Name"] for d in p.osc("database", "db", "list", iid, "-f", "json")] == ["app"]
-    gone = sql(kind, ip, "alice", "pw-alice-2", "other", "SELECT 1")
+    gone = sql(kind, ip, "alice", "pw-alice-3", "other", "SELECT 1")
     assert not ok(gone) and ("does not exist" in gone.stderr or "Unknown database" in gone.stderr
                              or "denied" in gone.stderr), gone.stderr
 
@@ -163,3 +175,20 @@ def _path(name: str) -> str:
     from urllib.parse import quote
 
     return quote(name, safe="")
+
+
+def test_a_guest_that_does_not_answer_gives_a_clear_error(instance) -> None:  # type: ignore[no-untyped-def]
+    """Never a hanging request, never a 5xx: a frozen guest agent gives a 422 in bounded time."""
+    p, iid, _ip, _kind = instance
+    agent = int((p.data_dir / "instances" / iid / "agent.pid").read_text())
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        r = p.api("GET", f"/instances/{iid}/databases")
+        elapsed = time.monotonic() - started
+    finally:
+        os.kill(agent, signal.SIGCONT)
+    assert r.status_code == 422, r.text
+    assert "not ready" in r.json()["unprocessableEntity"]["message"]
+    assert elapsed < 25
+    assert p.api("GET", f"/instances/{iid}/databases").status_code == 200  # and it recovers
