@@ -89,3 +89,16 @@ def test_the_checker_sees_imports() -> None:
     assert {"events.base", "events.envelope", "__future__"} <= imports
     envelope = {m for _, m in _imports(ROOT / "events" / "envelope.py")}
     assert "cloudevents.http" in envelope and "json" in envelope
+
+
+def test_core_depends_on_no_driver_handler_or_runtime() -> None:
+    """functions/core is the domain: drivers implement its ports, handlers call it."""
+    forbidden = ("functions.drivers", "functions.api", "functions.tasks", "functions.conductor",
+                 "functions.schedules", "functions.eventfn")
+    problems = [
+        f"{path.relative_to(ROOT)}:{line} imports {module!r}"
+        for path in _python_files("functions/core")
+        for line, module in _imports(path)
+        if module.startswith(forbidden)
+    ]
+    assert not problems, "functions/core must not depend on drivers or handlers:\n" + "\n".join(problems)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 import string
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,21 +19,17 @@ from sqlalchemy.orm import Session
 from events import guest as g
 from events import registry
 from events.base import Event
-from events.envelope import Message
 from functions.core import instances, names
 from functions.core.errors import BadRequest, NotFound, UnprocessableEntity
 from functions.core.models.base import utcnow
 from functions.core.models.instance import RootEnabledHistory
+from functions.core.ports import Guest, GuestError
 from functions.core.states import ServiceStatus as SS
 from functions.core.states import Task
 from functions.core.views import page_size
 
 ROOT_PASSWORD_LENGTH = 36
 _READY = {SS.HEALTHY.code, SS.RUNNING.code}
-
-
-class Guest(Protocol):
-    def send(self, instance_id: str, address: str, secret: bytes, command: Event) -> Message | None: ...
 
 
 @dataclass(frozen=True)
@@ -61,8 +57,6 @@ def target(session: Session, project_id: str, instance_id: str) -> Target:
 
 
 def _call(guest: Guest, t: Target, command: Event, expect: type[Event]) -> Event:
-    from functions.drivers.guest_client import GuestError
-
     try:
         reply = guest.send(t.instance_id, t.address, t.secret, command)
     except GuestError as exc:

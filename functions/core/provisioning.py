@@ -20,6 +20,7 @@ from functions.core.models.base import utcnow
 from functions.core.models.datastore import Datastore, DatastoreVersion, Flavor
 from functions.core.models.instance import Instance, InstanceFault, ServiceStatus
 from functions.core.models.platform import WorkflowRun
+from functions.core.ports import ComputeError, GuestError, ServerSpec
 from functions.core.states import ServiceStatus as SS
 from functions.core.states import Task
 from functions.core.workflow import Retry, Step, StepContext, StepFailed, Wait, Workflow
@@ -53,8 +54,6 @@ def _datastore_name(session: Session, inst: Instance) -> str:
 
 
 def _guest_call(ctx: StepContext, inst: Instance, command) -> Message | None:  # type: ignore[no-untyped-def]
-    from functions.drivers.guest_client import GuestError
-
     address = (inst.addresses or [{}])[0].get("address")
     if not address or not inst.encrypted_key:
         raise StepFailed("the instance has no address or key")
@@ -67,8 +66,6 @@ def _guest_call(ctx: StepContext, inst: Instance, command) -> Message | None:  #
 
 
 def _compute_call(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
-    from functions.drivers.compute_local import ComputeError
-
     try:
         return fn(*args, **kwargs)
     except ComputeError as exc:
@@ -119,8 +116,6 @@ def release_volume(ctx: StepContext) -> None:
 def create_server(ctx: StepContext) -> None:
     """Start the guest with its prepare command as user data (as cloud-init would carry it),
     so the datastore initialises at boot instead of after a network round trip."""
-    from functions.drivers.compute_local import ServerSpec
-
     inst = _instance(ctx.session, ctx.resource_id or "")
     rt = _deps()
     if not rt.settings.broker_url:

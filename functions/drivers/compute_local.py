@@ -22,8 +22,9 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
+
+from functions.core.ports import ComputeError, ServerSpec
 
 log = logging.getLogger("troveless.compute.local")
 
@@ -38,24 +39,7 @@ _VOLUMES = uuid.UUID("6f1d8a8e-5b0e-4c59-9d57-9b1f4d1e0a01")
 _SERVERS = uuid.UUID("6f1d8a8e-5b0e-4c59-9d57-9b1f4d1e0a02")
 
 
-class ComputeError(Exception):
-    """A compute operation failed; `transient` says whether retrying may help."""
 
-    def __init__(self, message: str, *, transient: bool = True) -> None:
-        super().__init__(message)
-        self.transient = transient
-
-
-@dataclass(frozen=True)
-class ServerSpec:
-    instance_id: str
-    datastore: str
-    address: str
-    volume_size_gb: int
-    key: bytes
-    broker_url: str
-    # Cloud-init style user data for the agent: the signed prepare command (JSON).
-    user_data: str | None = None
 
 
 class LocalCompute:

@@ -9,14 +9,9 @@ from events.envelope import Message, decode_http, encode_binary
 from events.errors import EventError
 from events.guest import guest_command_url, instance_key, sign_command
 from events.signing import Keyring, verify
+from functions.core.ports import GuestError
 
 
-class GuestError(Exception):
-    def __init__(self, message: str, *, transient: bool, status: int | None = None, reason: str | None = None) -> None:
-        super().__init__(message)
-        self.transient = transient
-        self.status = status
-        self.reason = reason
 
 
 class GuestClient:

@@ -1,0 +1,54 @@
+"""What the domain needs from the outside world, and how those calls fail.
+
+Drivers (functions/drivers) implement these; core code depends only on this module, never
+on a driver, so a Nova driver or a fake can stand in for the local one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from events.base import Event
+from events.envelope import Message
+
+
+class ComputeError(Exception):
+    """A compute operation failed; `transient` says whether retrying may help."""
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class GuestError(Exception):
+    """A guest agent refused or did not answer a command."""
+
+    def __init__(self, message: str, *, transient: bool, status: int | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    instance_id: str
+    datastore: str
+    address: str
+    volume_size_gb: int
+    key: bytes
+    broker_url: str
+    # Cloud-init style user data for the agent: the signed prepare command (JSON).
+    user_data: str | None = None
+
+
+class Compute(Protocol):
+    def pick_address(self, taken: set[str], datastore: str) -> str: ...
+    def allocate_volume(self, instance_id: str, size_gb: int) -> str: ...
+    def delete_volume(self, instance_id: str) -> None: ...
+    def create_server(self, spec: ServerSpec) -> str: ...
+    def delete_server(self, instance_id: str) -> None: ...
+
+
+class Guest(Protocol):
+    def send(self, instance_id: str, address: str, secret: bytes, command: Event) -> Message | None: ...
