@@ -95,10 +95,44 @@ class FlavorSpec(_Strict):
     vcpus: int = Field(gt=0)
 
 
+class StoreOptions(_Strict):
+    """How to reach the object store named by a location. Credentials never travel in
+    events (events are logged and dead-lettered): the agent reads them from its settings."""
+
+    endpoint_url: str | None = None  # S3 only; None = AWS
+    region: str | None = None
+    path_style: bool = False
+
+
+class BackupObject(_Strict):
+    """One stored backup object, as a restore or an incremental needs to find and trust it."""
+
+    backup_id: str
+    # file:///abs/path/to/object or s3://bucket/key
+    location: str
+    # SHA-256 (hex) of the object exactly as stored (compressed bytes).
+    checksum: str
+    backup_type: Literal["full", "incremental"]
+    # MariaDB: the backup's to_lsn, where the next incremental starts. None for PostgreSQL.
+    lsn: str | None = None
+
+
+class RestoreSpec(_Strict):
+    """Restore the data directory from a chain of backups before the first start."""
+
+    store: StoreOptions = Field(default_factory=StoreOptions)
+    # The full backup first, then each incremental in order (each one's parent precedes it).
+    chain: list[BackupObject] = Field(min_length=1)
+
+
 class PrepareRequested(Event):
     """Initialise the datastore on the volume, configure it for the flavor, start it, and
     create the requested databases and users. Answered 202; progress via heartbeats.
-    Idempotent: an already prepared instance only makes sure the server runs."""
+    Idempotent: an already prepared instance only makes sure the server runs.
+
+    With `restore`, the data directory comes from the backup chain instead of initdb /
+    install-db; every object's SHA-256 is verified before the server is first started, and
+    a mismatch fails the prepare (status FAILED, description names the backup)."""
 
     TYPE: ClassVar[str] = f"{PREFIX}.guest.prepare.requested"
     instance_id: str
@@ -108,6 +142,54 @@ class PrepareRequested(Event):
     volume_size_gb: int = Field(gt=0)
     databases: list[DatabaseSpec] = Field(default_factory=list)
     users: list[UserSpec] = Field(default_factory=list)
+    restore: RestoreSpec | None = None
+
+
+class BackupRequested(Event):
+    """Stream a backup of the running server into the object store. Answered 202 at once;
+    the agent then emits GuestBackupProgress events and one GuestBackupFinished. A repeated
+    request for the backup already running is a no-op (202); a different backup while one
+    runs is refused with 409. The datastore keeps serving (and heartbeats keep flowing)."""
+
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.backup.requested"
+    instance_id: str
+    backup_id: str
+    # Where the object goes: file:///abs/path or s3://bucket/key.
+    location: str
+    store: StoreOptions = Field(default_factory=StoreOptions)
+    # Incremental backups build on this one (MariaDB: from its lsn); None = full backup.
+    parent: BackupObject | None = None
+    # Stored as object metadata beside the agent's own (checksum, type, parent, lsn).
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class GuestBackupProgress(Event):
+    """Emitted while a backup streams (every few seconds and on state changes)."""
+
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.backup.progress"
+    instance_id: str
+    backup_id: str
+    state: Literal["BUILDING", "SAVING"]
+    # Compressed bytes stored so far.
+    bytes_done: int = 0
+
+
+class GuestBackupFinished(Event):
+    """The backup's end: success with what was stored, or failure with a safe message.
+    On failure the agent has already removed partial objects (best effort)."""
+
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.backup.finished"
+    instance_id: str
+    backup_id: str
+    success: bool
+    backup_type: Literal["full", "incremental"] = "full"
+    location: str | None = None
+    checksum: str | None = None  # SHA-256 hex of the stored object
+    object_size: int | None = None  # bytes stored
+    # Used space of the data volume in GB at backup start (Trove's `size`).
+    size_gb: float | None = None
+    lsn: str | None = None
+    error: str | None = None
 
 
 class RestartRequested(Event):
@@ -131,6 +213,17 @@ class StartRequested(Event):
     instance_id: str
 
 
+class ResizeRequested(Event):
+    """A new flavor and/or a bigger volume (202). A new flavor rewrites the memory and
+    connection settings and restarts the server (RESTARTING, then HEALTHY); a volume size
+    only changes what the agent reports (the compute driver grew the volume already)."""
+
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.resize.requested"
+    instance_id: str
+    flavor: FlavorSpec | None = None
+    volume_size_gb: int | None = Field(default=None, gt=0)
+
+
 class StatusRequested(Event):
     """Answered at once (200) with a `GuestStatusReported` CloudEvent."""
 
@@ -149,6 +242,9 @@ class _StatusFields(Event):
     server_pid: int | None = None
     # Times the agent restarted a crashed server since it started (supervision).
     restarts: int = 0
+    # The backup this agent is running right now, if any: a backup the control plane thinks
+    # is running but the agent does not (it restarted) is failed at once.
+    backup_id: str | None = None
 
 
 class GuestHeartbeat(_StatusFields):

@@ -3,7 +3,8 @@
 Startup order: settings and key (exit 2 if unusable), pid file (refuse a second agent on the
 same directory), command server (so the control plane can reach us at once), heartbeats,
 then the supervisor (which cleans up after a previous agent and restores the desired state).
-SIGTERM/SIGINT stop the database server cleanly and exit 0.
+SIGTERM/SIGINT stop a running backup (reported failed), stop the database server cleanly and
+exit 0.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import threading
 from pathlib import Path
 
 from events.publisher import HttpPublisher
+from guest_agent.backup import engine_for
+from guest_agent.backup.runner import BackupRunner
 from guest_agent.datastores import REGISTRY, DatastoreError
 from guest_agent.heartbeat import EventFactory, Heartbeater
+from guest_agent.memory import fix_mmap_threshold
 from guest_agent.process import REDACTOR, ProcessError, pid_alive, process_cmdline, resolve_db_user, write_private
 from guest_agent.server import CommandApp, run_user_data, serve
 from guest_agent.settings import Settings, SettingsError, parse_settings
@@ -59,6 +63,7 @@ def _claim_pid_file(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    fix_mmap_threshold()  # before any big buffer exists: see memory.py
     try:
         settings = parse_settings(argv)
         secret = settings.read_secret()
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, ProcessError, DatastoreError, ValueError, OSError) as exc:
         print(f"guest agent: {exc}", file=sys.stderr)
         return 2
-    REDACTOR.add([store.state.admin_password])
+    REDACTOR.add([store.state.admin_password, settings.s3_secret_access_key])
     log.info(
         "starting: %s on %s (agent port %d, db port %d, db user %s, pid %d)",
         settings.datastore, settings.address, settings.agent_port, settings.db_port, db_user.name, os.getpid(),
@@ -87,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     heartbeater = Heartbeater(factory, publisher, lambda: supervisor.snapshot(), settings.heartbeat_interval)
     supervisor = Supervisor(settings, datastore, store, on_change=heartbeater.status_changed)
 
-    app = CommandApp(settings, secret, supervisor, factory)
+    backups = BackupRunner(settings, supervisor, engine_for(datastore, settings), heartbeater.emit)
+    app = CommandApp(settings, secret, supervisor, factory, backups)
     try:
         http = serve(app, settings.address, settings.agent_port)
     except OSError as exc:
@@ -116,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     while not stop.wait(1.0):
         pass
 
+    backups.shutdown()  # its failure result is queued before the heartbeats stop
     supervisor.shutdown()
     heartbeater.stop()
     http.shutdown()

@@ -5,6 +5,11 @@ server or the supervisor. Status changes are queued with the snapshot taken *at 
 (a CRASHED that lasts 1 s is still reported even if the server is HEALTHY again by the time
 the broker answers). Every event carries a fresh `sequence` from one SequenceCounter shared by
 heartbeats and status replies, so consumers see strictly increasing numbers per source.
+
+Other guest events (backup progress and results) go through the same queue and thread, so
+they are signed and sequenced like heartbeats and keep their order relative to the status
+changes around them (a GuestBackupFinished always precedes the first heartbeat without that
+backup's id). They are retried a few times, since the control plane waits for them.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from guest_agent.supervisor import Snapshot
 log = logging.getLogger(__name__)
 
 GIB = 1024**3
+EVENT_ATTEMPTS = 3
+EVENT_RETRY_S = 1.0
 
 
 class EventFactory:
@@ -57,6 +64,7 @@ class EventFactory:
             "volume_size_bytes": self.volume_size_gb() * GIB,
             "server_pid": snap.server_pid,
             "restarts": snap.restarts,
+            "backup_id": snap.backup_id,
         }
 
     def _sign(self, event: Event) -> Message:
@@ -95,7 +103,7 @@ class Heartbeater:
         self.publisher = publisher
         self.current = current
         self.interval = interval
-        self._changes: queue.Queue[Snapshot | None] = queue.Queue()
+        self._changes: queue.Queue[Snapshot | Event | None] = queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
         self._failures = 0
@@ -106,6 +114,10 @@ class Heartbeater:
     def status_changed(self, snap: Snapshot) -> None:
         """Called by the supervisor (any thread); never blocks."""
         self._changes.put(snap)
+
+    def emit(self, event: Event) -> None:
+        """Queue any other guest event (backup progress/result); never blocks."""
+        self._changes.put(event)
 
     def stop(self, final: Snapshot | None = None, timeout: float = 5.0) -> None:
         """Send what is queued (plus `final`), then end the thread."""
@@ -120,20 +132,46 @@ class Heartbeater:
         while True:
             timeout = max(0.0, next_beat - time.monotonic())
             try:
-                snap = self._changes.get(timeout=timeout)
+                item = self._changes.get(timeout=timeout)
             except queue.Empty:
-                snap = None
                 if self._stop.is_set():
                     return
-                self._send(self.current())
+                current = self.current()
+                if not self._changes.empty():
+                    # Something was queued meanwhile; `current` may already be newer than it
+                    # (a backup that ended after its result was queued): send that first.
+                    continue
+                self._send(current)
                 next_beat = time.monotonic() + self.interval
                 continue
-            if snap is None:  # stop marker: flush what is left and end
+            if item is None:  # stop marker: flush what is left and end
                 if self._stop.is_set() and self._changes.empty():
                     return
                 continue
-            self._send(snap)
-            next_beat = time.monotonic() + self.interval
+            if isinstance(item, Snapshot):
+                self._send(item)
+                next_beat = time.monotonic() + self.interval
+            else:
+                self._send_event(item)
+
+    def _send_event(self, event: Event) -> None:
+        """Signed once and re-sent as is: a copy that did arrive makes the retry a replay the
+        receiver drops, never a second event."""
+        if self.publisher is None:
+            return
+        try:
+            message = self.factory.reply(event)
+        except Exception:
+            log.exception("cannot sign %s", type(event).__name__)
+            return
+        for attempt in range(1, EVENT_ATTEMPTS + 1):
+            try:
+                self.publisher.publish(message)
+                return
+            except Exception as exc:
+                log.warning("%s not delivered (attempt %d of %d): %s", type(event).__name__, attempt, EVENT_ATTEMPTS, exc)
+            if attempt < EVENT_ATTEMPTS:
+                time.sleep(EVENT_RETRY_S * attempt)
 
     def _send(self, snap: Snapshot) -> None:
         if self.publisher is None:

@@ -7,6 +7,11 @@ Checks, in order, each with its own status so the control plane can tell problem
   403  a validly signed command whose data names another instance
   409  another operation is running (or the instance is not prepared yet)
 
+BackupRequested is answered 202 once its backup starts in the background (202 again, a
+no-op, for the backup already running), 409 while another backup or an operation runs or
+the instance is not prepared, 503 not_ready when the server does not run. While a backup
+runs, prepare/restart/stop/start are refused with 409.
+
 Database, user, access and root commands are answered at once on the request thread: 200
 with the reply event (signed like the status reply), or {"error", "reason"} with 404
 not_found, 409 exists, 400 invalid, or 503 not_ready (server not prepared or not running, or
@@ -24,13 +29,14 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
 from events import registry
+from events.base import Event
 from events.envelope import decode_http, encode_binary, from_json
 from events.errors import (
     AuthenticationError,
@@ -40,10 +46,10 @@ from events.errors import (
     ReplayError,
     UnknownEventType,
 )
-from events.base import Event
 from events.guest import (
     COMMANDS_PATH,
     HEALTH_PATH,
+    BackupRequested,
     ChangePasswordsRequested,
     CommandCompleted,
     CreateDatabasesRequested,
@@ -57,6 +63,7 @@ from events.guest import (
     ListDatabasesRequested,
     ListUsersRequested,
     PrepareRequested,
+    ResizeRequested,
     RestartRequested,
     RevokeAccessRequested,
     RootEnabled,
@@ -78,6 +85,9 @@ from guest_agent.process import REDACTOR
 from guest_agent.settings import Settings
 from guest_agent.supervisor import Busy, Supervisor
 
+if TYPE_CHECKING:
+    from guest_agent.backup.runner import BackupRunner
+
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -86,6 +96,7 @@ LONG_OPERATIONS: dict[type, str] = {
     RestartRequested: "restart",
     StopRequested: "stop",
     StartRequested: "start",
+    ResizeRequested: "resize",
 }
 
 
@@ -146,9 +157,17 @@ def _passwords(event: Event) -> list[str | None]:
 
 
 class CommandApp:
-    def __init__(self, settings: Settings, secret: bytes, supervisor: Supervisor, factory: EventFactory) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        secret: bytes,
+        supervisor: Supervisor,
+        factory: EventFactory,
+        backups: BackupRunner | None = None,
+    ) -> None:
         self.settings = settings
         self.supervisor = supervisor
+        self.backups = backups
         self.factory = factory
         # Only this instance's key: a command signed with any other key is unknown here.
         self.keyring = Keyring([instance_key(settings.instance_id, secret)])
@@ -198,7 +217,7 @@ class CommandApp:
         except InvalidEventData as exc:
             return _json(400, error=REDACTOR.redact(str(exc)), reason="invalid")
         instance_id = getattr(event, "instance_id", None)
-        if not isinstance(event, (StatusRequested, *LONG_OPERATIONS, *ACCOUNT_COMMANDS)):
+        if not isinstance(event, (StatusRequested, BackupRequested, *LONG_OPERATIONS, *ACCOUNT_COMMANDS)):
             return _json(400, error=f"{message.type} is not a guest command")
         if instance_id != self.settings.instance_id:
             log.warning("refused command %s for instance %s", message.id, instance_id)
@@ -213,16 +232,34 @@ class CommandApp:
             headers, body = encode_binary(reply)
             return Response(body, status=200, headers=headers)
 
+        if isinstance(event, BackupRequested):
+            return self.backup_command(event)
+
         if isinstance(event, PrepareRequested) and event.datastore != self.settings.datastore:
             return _json(400, error=f"this agent runs {self.settings.datastore}, not {event.datastore}")
         operation = LONG_OPERATIONS[type(event)]
         try:
-            started = self.supervisor.submit(operation, event if isinstance(event, PrepareRequested) else None)
+            started = self.supervisor.submit(
+                operation, event if isinstance(event, (PrepareRequested, ResizeRequested)) else None
+            )
         except Busy as exc:
             return _json(409, error=str(exc))
         if not started:
             return _json(202, operation=operation, accepted=True, note="already in progress")
         return _json(202, operation=operation, accepted=True)
+
+    def backup_command(self, event: BackupRequested) -> Response:
+        if self.backups is None:
+            return _json(503, error="backups are not available on this agent", reason="not_ready")
+        try:
+            started = self.backups.submit(event)
+        except Busy as exc:
+            return _json(409, error=str(exc))
+        except NotReady as exc:
+            return _json(503, error=str(exc), reason=exc.reason)
+        if not started:
+            return _json(202, operation="backup", backup_id=event.backup_id, accepted=True, note="already in progress")
+        return _json(202, operation="backup", backup_id=event.backup_id, accepted=True)
 
     def account_command(self, event: Event, command_type: str) -> Response:
         """Run a database/user/root command now, on this thread; never a 500 for bad input."""

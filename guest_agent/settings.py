@@ -14,7 +14,7 @@ import os
 import re
 import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from events.guest import AGENT_PORT
@@ -22,6 +22,9 @@ from events.guest import AGENT_PORT
 ENV_PREFIX = "TROVELESS_GUEST_"
 DATASTORES = ("postgresql", "mariadb")
 DEFAULT_DB_PORTS = {"postgresql": 5432, "mariadb": 3306}
+# S3 credentials for backups: environment only (never argv, never events).
+S3_ACCESS_KEY_ENV = "TROVELESS_S3_ACCESS_KEY_ID"
+S3_SECRET_KEY_ENV = "TROVELESS_S3_SECRET_ACCESS_KEY"
 # Instance ids end up in paths, event sources and SQL comments: keep them boring.
 _INSTANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -53,6 +56,14 @@ class Settings:
     # Where freshly initialised data directories are kept to be copied for the next instance
     # of the same datastore, version and size (initdb / install-db dominate a cold start).
     template_dir: Path | None = None
+    # zstd worker threads for backup compression (0: compress on the backup's own thread).
+    backup_compress_threads: int = 0
+    # Read the backup tool's output at most this fast (MB/s; 0: unlimited), so a backup
+    # does not starve the database of disk bandwidth. The tool blocks on the full pipe.
+    backup_max_rate_mb: float = 0.0
+    # None: boto3's default credential chain. Kept out of repr so no log line shows them.
+    s3_access_key_id: str | None = field(default=None, repr=False)
+    s3_secret_access_key: str | None = field(default=None, repr=False)
 
     # Layout of the instance directory (all owned by the agent).
     @property
@@ -135,6 +146,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     opt("log-level", default="INFO", help="logging level")
     opt("user-data", default=None, help="file holding a signed prepare command to run at boot")
     opt("template-dir", default=None, help="cache of initialised data directories (root only)")
+    opt("backup-compress-threads", type=int, default=0,
+        help="zstd worker threads compressing a backup (0: none, compress inline)")
+    opt("backup-max-rate-mb", type=float, default=0.0,
+        help="read a backup at most this many MB/s (0: unlimited)")
     return parser
 
 
@@ -160,6 +175,12 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
         interval = float(args.heartbeat_interval)
         if interval <= 0:
             raise SettingsError("--heartbeat-interval must be > 0")
+        compress_threads = int(args.backup_compress_threads)
+        if compress_threads < 0:
+            raise SettingsError("--backup-compress-threads must be >= 0")
+        max_rate = float(args.backup_max_rate_mb)
+        if max_rate < 0:
+            raise SettingsError("--backup-max-rate-mb must be >= 0")
         db_port = int(args.db_port) if args.db_port is not None else DEFAULT_DB_PORTS[datastore]
         return Settings(
             instance_id=instance_id,
@@ -179,6 +200,10 @@ def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
             log_level=str(args.log_level).upper(),
             user_data=Path(args.user_data) if args.user_data else None,
             template_dir=Path(args.template_dir) if args.template_dir else None,
+            backup_compress_threads=compress_threads,
+            backup_max_rate_mb=max_rate,
+            s3_access_key_id=env.get(S3_ACCESS_KEY_ENV) or None,
+            s3_secret_access_key=env.get(S3_SECRET_KEY_ENV) or None,
         )
     except (TypeError, ValueError) as exc:
         if isinstance(exc, SettingsError):

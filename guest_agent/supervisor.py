@@ -12,6 +12,11 @@ immediately) and the server is restarted with exponential backoff (restart_backo
 reports SHUTDOWN with the reason. HEALTHY means a real `SELECT 1` succeeded; a live process
 that does not answer is RUNNING.
 
+A backup holds a slot of its own (`begin_backup`): it needs the server running and leaves
+SQL commands and crash supervision alone, but while it runs every operation except crash
+recovery is refused with Busy. A prepare with `restore` builds the data directory from the
+backup chain (backup/restore.py) instead of initdb / install-db / a template.
+
 Like CloudNativePG's instance manager, the agent is the server's parent (no pg_ctl/daemon
 mode): it learns about a death from waitpid at once instead of polling a pid file.
 """
@@ -25,17 +30,20 @@ import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
-from events.guest import GuestStatus, PrepareRequested
+from events.guest import GuestStatus, PrepareRequested, ResizeRequested, RestoreSpec
+from guest_agent.backup import engine_for
+from guest_agent.backup.restore import restore_data_dir
 from guest_agent.datastores.base import Datastore, NotReady, new_admin_password
 from guest_agent.process import (
     REDACTOR,
     check_traversable,
+    describe_exit,
     ensure_dir,
     kill_group,
     kill_helpers,
@@ -94,15 +102,7 @@ class Snapshot:
     server_pid: int | None
     restarts: int
     datastore_version: str | None
-
-
-def describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exited with code {returncode}"
+    backup_id: str | None = None
 
 
 class Supervisor:
@@ -129,6 +129,7 @@ class Supervisor:
         self._monitor: threading.Thread | None = None
         self._sql_users = 0  # SQL commands in flight
         self._sql_idle = threading.Condition(self._lock)
+        self._backup_id: str | None = None
         try:
             self._version: str | None = datastore.version()
         except Exception as exc:  # the agent must stay up to report the problem
@@ -141,7 +142,7 @@ class Supervisor:
         with self._lock:
             proc = self._proc
             pid = proc.pid if proc is not None and proc.poll() is None else None
-            return Snapshot(self._status, self._description, pid, self._restarts, self._version)
+            return Snapshot(self._status, self._description, pid, self._restarts, self._version, self._backup_id)
 
     @property
     def status(self) -> GuestStatus:
@@ -205,12 +206,15 @@ class Supervisor:
                 if op == "prepare" and self._op == "prepare":
                     return False
                 raise Busy(f"operation {self._op!r} is in progress; {op!r} refused, retry later")
+            if self._backup_id is not None and op != "crash-recovery":
+                # Crash recovery still heals the server: the backup tool fails on its own then.
+                raise Busy(f"backup {self._backup_id!r} is in progress; {op!r} refused, retry later")
             if op != "prepare" and op != "crash-recovery" and not self.store.state.prepared:
                 raise NotPrepared(f"the instance is not prepared; {op!r} refused")
             self._op = op
             return True
 
-    def submit(self, op: str, event: PrepareRequested | None = None) -> bool:
+    def submit(self, op: str, event: PrepareRequested | ResizeRequested | None = None) -> bool:
         """Start an operation in the background. True: started; False: duplicate (no-op)."""
         if self._closing.is_set():
             raise Busy("the guest agent is shutting down")
@@ -219,17 +223,53 @@ class Supervisor:
             "stop": self._do_stop,
             "start": self._do_start,
         }
+        if op == "resize":
+            assert isinstance(event, ResizeRequested)
+            resize = event
+            action_: Callable[[], None] = lambda: self._do_resize(resize)
+            actions["resize"] = action_
         if op == "prepare":
-            assert event is not None
+            assert isinstance(event, PrepareRequested)
             # Register passwords before anything can log them.
             REDACTOR.add(u.password for u in event.users)
-            action: Callable[[], None] = lambda: self._do_prepare(event)  # noqa: E731
+            action: Callable[[], None] = lambda: self._do_prepare(event)
         else:
             action = actions[op]
         if not self._claim(op):
             return False
         threading.Thread(target=self._run_op, args=(op, action), name=op, daemon=True).start()
         return True
+
+    def begin_backup(self, backup_id: str) -> bool:
+        """Take the backup slot. True: taken; False: this backup already runs (no-op).
+        Busy (409) for another backup, an operation in progress or an unprepared instance;
+        NotReady (503) when the server does not run."""
+        with self._lock:
+            if self._closing.is_set():
+                raise Busy("the guest agent is shutting down")
+            if self._backup_id == backup_id:
+                return False
+            if self._backup_id is not None:
+                raise Busy(f"backup {self._backup_id!r} is in progress; backup {backup_id!r} refused")
+            if not self.store.state.prepared:
+                raise NotPrepared("the instance is not prepared; backup refused")
+            if self._op is not None:
+                raise Busy(f"operation {self._op!r} is in progress; backup refused, retry later")
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                raise NotReady(f"the {self.ds.name} server is not running; backup refused")
+            self._backup_id = backup_id
+            # A heartbeat at once: the control plane sees the backup as the agent's from now on.
+            self._on_change(self.snapshot())
+            return True
+
+    def end_backup(self, backup_id: str) -> None:
+        """Free the backup slot. The caller queued GuestBackupFinished before this, so every
+        heartbeat without backup_id reaches the broker after it."""
+        with self._lock:
+            if self._backup_id == backup_id:
+                self._backup_id = None
+                self._on_change(self.snapshot())
 
     @contextmanager
     def sql_access(self) -> Iterator[Datastore]:
@@ -298,16 +338,20 @@ class Supervisor:
         )
         REDACTOR.add([self.store.state.admin_password])
         self._prepare_dirs()
-        from_template = False
         if not self.ds.is_initialized():
             # Leftovers of an interrupted prepare were never handed to anyone: start afresh.
             self._stop_server()
             if self.ds.data_dir.exists():
                 shutil.rmtree(self.ds.data_dir)
-            from_template = self._initialize()
+            if event.restore is not None:
+                self._restore(event.restore)
+            else:
+                self._initialize()
         self._start_server(report_healthy=False)
-        if from_template:
-            self.ds.after_template_start(self.store.state)
+        # A data directory from a template or a backup carries another instance's admin
+        # account; it may have come in an earlier attempt that failed after that (so this
+        # runs on every first prepare; for our own initdb it rewrites the same password).
+        self.ds.after_template_start(self.store.state)
         for database in event.databases:
             self.ds.create_database(self.store.state, database)
         for user in event.users:
@@ -318,6 +362,12 @@ class Supervisor:
             # The initial passwords are in the server now; the file that carried them goes.
             self.settings.user_data.unlink(missing_ok=True)
         self._set_status(GuestStatus.HEALTHY, "")
+
+    def _restore(self, spec: RestoreSpec) -> None:
+        """The data directory from a backup chain, every object verified before the first
+        start. Never saved as a template: it holds a tenant's data."""
+        self._set_status(GuestStatus.BUILDING, f"restoring from backup {spec.chain[-1].backup_id}")
+        restore_data_dir(engine_for(self.ds, self.settings), spec, self._closing.is_set)
 
     def _initialize(self) -> bool:
         """initdb / install-db, or a copy of the template left by an earlier instance of the
@@ -336,6 +386,22 @@ class Supervisor:
             except OSError as exc:  # a cache: never fail a prepare for it
                 log.warning("could not save template %s: %s", template, exc)
         return False
+
+    def _do_resize(self, event: ResizeRequested) -> None:
+        """Record the new size; a new flavor takes effect through a restart (write_config
+        derives memory and connection settings from it before every start)."""
+        changes: dict[str, object] = {}
+        if event.volume_size_gb is not None:
+            changes["volume_size_gb"] = event.volume_size_gb
+        if event.flavor is not None:
+            changes.update(ram_mb=event.flavor.ram_mb, vcpus=event.flavor.vcpus)
+        self.store.update(**changes)
+        if event.flavor is not None:
+            self._set_status(GuestStatus.RESTARTING, "restarting for the new flavor")
+            self._stop_server()
+            self._start_server()
+        else:
+            self._on_change(self.snapshot())  # report the new volume size at once
 
     def _do_restart(self) -> None:
         self._set_status(GuestStatus.RESTARTING, "restarting on request")

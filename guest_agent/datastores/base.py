@@ -309,7 +309,8 @@ class Datastore(ABC):
         return f"{self.name}-{version}-{state.ram_mb}mb-v1"
 
     def after_template_start(self, state: AgentState) -> None:
-        """Make a data directory copied from a template this instance's own (first start)."""
+        """Make a data directory copied from a template or restored from another instance's
+        backup this instance's own (run by every first prepare; must be idempotent)."""
 
     def log_tail(self, lines: int = 3) -> str:
         try:

@@ -227,6 +227,8 @@ class PostgreSQL(Datastore):
             "# Written by the Troveless guest agent; changes are overwritten.\n"
             "# TYPE  DATABASE  USER      ADDRESS     METHOD\n"
             f"local   all       {ADMIN_USER:<9} peer map={IDENT_MAP}\n"
+            # pg_basebackup (backups) runs as the agent and logs in as os_admin, like the agent.
+            f"local   replication {ADMIN_USER:<9} peer map={IDENT_MAP}\n"
             "local   all       all                   scram-sha-256\n"
             f"host    all       {ADMIN_USER:<9} 0.0.0.0/0   reject\n"
             f"host    all       {ADMIN_USER:<9} ::/0        reject\n"

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 from werkzeug.serving import WSGIRequestHandler, make_server
@@ -31,6 +32,7 @@ from events.guest import AGENT_PORT, GuestHeartbeat, control_source, guest_comma
 from events.replay import SequenceCounter, format_sequence
 from events.signing import Keyring, SigningKey, sign, verify
 
+E = TypeVar("E", bound=Event)
 ROOT = Path(__file__).resolve().parents[2]
 DB_PORTS = {"postgresql": 5432, "mariadb": 3306}
 HEARTBEAT_S = 1.0
@@ -145,8 +147,12 @@ class Broker:
         self._server.shutdown()
 
     def heartbeats(self, source: str, since: int = 0) -> list[Received]:
+        """Heartbeats only: an agent also posts backup events from the same source."""
         with self._cond:
-            return [r for r in self.received[since:] if r.message.source == source]
+            return [
+                r for r in self.received[since:]
+                if r.message.source == source and r.message.type == GuestHeartbeat.TYPE
+            ]
 
     def mark(self) -> int:
         with self._cond:
@@ -159,7 +165,7 @@ class Broker:
         with self._cond:
             while True:
                 for item in self.received[since:]:
-                    if item.message.source == source:
+                    if item.message.source == source and item.message.type == GuestHeartbeat.TYPE:
                         beat = GuestHeartbeat.model_validate(item.message.data)
                         if predicate(beat):
                             return item, beat
@@ -167,6 +173,30 @@ class Broker:
                 if remaining <= 0:
                     seen = [r.message.data.get("status") for r in self.received[since:] if r.message.source == source]
                     raise AssertionError(f"no matching heartbeat within {timeout}s; saw {seen}")
+                self._cond.wait(remaining)
+
+    def events(self, source: str, cls: type[E], since: int = 0) -> list[tuple[Received, E]]:
+        """Every event of one type from `source`, parsed, in arrival order."""
+        with self._cond:
+            items = [r for r in self.received[since:] if r.message.source == source and r.message.type == cls.TYPE]
+        return [(r, cls.model_validate(r.message.data)) for r in items]
+
+    def wait_event(
+        self, source: str, cls: type[E], predicate: Callable[[E], bool] = lambda e: True, *,
+        since: int = 0, timeout: float = 30.0,
+    ) -> tuple[Received, E]:
+        """The first event of type `cls` from `source` matching `predicate` (waits for it)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for item in self.received[since:]:
+                    if item.message.source == source and item.message.type == cls.TYPE:
+                        event = cls.model_validate(item.message.data)
+                        if predicate(event):
+                            return item, event
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no matching {cls.__name__} within {timeout}s")
                 self._cond.wait(remaining)
 
 
@@ -205,7 +235,8 @@ class Agent:
     def url(self) -> str:
         return guest_command_url(self.address)
 
-    def start(self, *extra: str) -> Agent:
+    def start(self, *extra: str, env: dict[str, str] | None = None) -> Agent:
+        """Start the agent; `env` adds to the inherited environment (e.g. S3 credentials)."""
         self.log_path = self.root / f"agent-{time.monotonic_ns()}.log"
         argv = [
             sys.executable, "-m", "guest_agent",
@@ -220,7 +251,8 @@ class Agent:
             *extra,
         ]
         with open(self.log_path, "wb") as out:
-            self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                         env={**os.environ, **(env or {})})
         self.wait_http()
         return self
 
