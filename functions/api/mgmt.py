@@ -1,0 +1,33 @@
+"""/v1.0/{project_id}/mgmt/instances/{instance_id}/action: administrators only."""
+
+from __future__ import annotations
+
+import functions_framework
+
+from functions.api._http import ApiRequest, api
+from functions.core import admin_actions
+from functions.core.errors import BadRequest
+from functions.runtime import runtime, unit_of_work
+
+
+@functions_framework.http
+@api("POST", "/v1.0/{project_id}/mgmt/instances/{instance_id}/action")
+def mgmt_instance_action(req: ApiRequest):  # type: ignore[no-untyped-def]
+    admin_actions.require_admin(req.identity)
+    body = req.json_object()
+    if len(body) != 1:
+        raise BadRequest("Exactly one action is expected in the request body.")
+    [name] = body
+    admin_actions.check_action(name)
+    instance_id = req.params["instance_id"]
+    if name in ("stop", "start"):
+        with runtime().transaction() as session:
+            target = admin_actions.power_target(session, instance_id)
+        admin_actions.send_power(runtime().guest, target, name)
+        return 202, None
+    with unit_of_work() as work:
+        if name == "reboot":
+            work.emit(admin_actions.reboot(work.session, instance_id))
+        else:
+            admin_actions.reset_task_status(work.session, instance_id)
+    return 202, None

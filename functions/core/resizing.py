@@ -1,0 +1,124 @@
+"""Resize an instance: a new flavor (memory and connection settings; the server restarts)
+or a bigger volume (grow only), as Trove's `resize` action.
+
+`resize` workflow: grow_volume (the compute driver; a no-op for a flavor change) →
+send_resize (ResizeRequested to the guest) → wait_resized (a HEALTHY heartbeat sent after
+the request; resumed by the conductor) → finish_resize (the instance takes the new size,
+task NONE). On failure the task goes back to NONE with a fault, the old size stays recorded.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from events.envelope import Message, format_time
+from events.guest import FlavorSpec, ResizeRequested
+from functions.core import flavors, guards
+from functions.core.errors import BadRequest, OverLimit
+from functions.core.models.base import utcnow
+from functions.core.models.instance import Instance, ServiceStatus
+from functions.core.models.platform import WorkflowRun
+from functions.core.provisioning import (
+    STEADY,
+    _compute_call,
+    _deps,
+    _guest_call,
+    _instance,
+    healthy_since,
+    record_fault,
+)
+from functions.core.states import Task
+from functions.core.workflow import Step, StepContext, Wait, Workflow
+
+RESIZE_DEADLINE_S = 180.0
+
+
+def start(session: Session, inst: Instance, args: object, max_volume_gb: int) -> list[Message]:
+    """Validate Trove's `{"resize": {"flavorRef": f}}` or `{"resize": {"volume": {"size": n}}}`
+    and start the workflow (task RESIZING)."""
+    if not isinstance(args, dict) or len(args) != 1 or not ({"flavorRef", "volume"} & set(args)):
+        raise BadRequest("Resize requires either 'flavorRef' or 'volume' (and not both).")
+    service = session.execute(select(ServiceStatus).where(ServiceStatus.instance_id == inst.id)).scalar_one_or_none()
+    guards.can_perform_action(session, inst, service)
+    context: dict[str, object] = {}
+    if "volume" in args:
+        volume = args["volume"]
+        size = volume.get("size") if isinstance(volume, dict) else None
+        if isinstance(size, str) and size.isdigit():
+            size = int(size)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise BadRequest("The volume 'size' must be a positive integer.")
+        current = inst.volume_size or 0
+        if size <= current:
+            raise BadRequest(f"The new volume 'size' must be larger than the current volume size of '{current}'.")
+        if size > max_volume_gb:
+            raise OverLimit(f"Volume 'size' cannot exceed maximum of {max_volume_gb} GB, {size} cannot be accepted.")
+        context["volume_size"] = size
+    else:
+        flavor = flavors.get_flavor(session, str(args["flavorRef"]))
+        if flavor.id == inst.flavor_id:
+            raise BadRequest(f"The new flavor id must be different than the current flavor id of '{inst.flavor_id}'.")
+        context["flavor_id"] = flavor.id
+    inst.task_id = Task.RESIZING
+    inst.task_description = Task.RESIZING.description
+    _, first = RESIZE.start(session, resource_id=inst.id, context=context)
+    return [first]
+
+
+def grow_volume(ctx: StepContext) -> None:
+    size = ctx.context.get("volume_size")
+    if size:
+        _compute_call(_deps().compute.resize_volume, ctx.resource_id or "", int(size))
+
+
+def send_resize(ctx: StepContext) -> None:
+    inst = _instance(ctx.session, ctx.resource_id or "")
+    flavor = None
+    if ctx.context.get("flavor_id"):
+        row = flavors.get_flavor(ctx.session, str(ctx.context["flavor_id"]))
+        flavor = FlavorSpec(ram_mb=row.ram, vcpus=row.vcpus)
+    ctx.context["requested_at"] = format_time(utcnow())
+    size = ctx.context.get("volume_size")
+    _guest_call(ctx, inst, ResizeRequested(instance_id=inst.id, flavor=flavor,
+                                           volume_size_gb=int(size) if size else None))
+
+
+def wait_resized(ctx: StepContext) -> Wait | None:
+    row = ctx.session.execute(select(ServiceStatus).where(ServiceStatus.instance_id == ctx.resource_id)).scalar_one_or_none()
+    if row is not None and healthy_since(row, ctx.context.get("requested_at")):
+        return None
+    return Wait(timeout_s=RESIZE_DEADLINE_S)
+
+
+def finish_resize(ctx: StepContext) -> None:
+    inst = _instance(ctx.session, ctx.resource_id or "")
+    if ctx.context.get("flavor_id"):
+        inst.flavor_id = str(ctx.context["flavor_id"])
+    if ctx.context.get("volume_size"):
+        inst.volume_size = int(ctx.context["volume_size"])  # type: ignore[call-overload]
+    if inst.task_id == Task.RESIZING:
+        inst.task_id = Task.NONE
+        inst.task_description = Task.NONE.description
+
+
+def _resize_failed(session: Session, run: WorkflowRun) -> None:
+    inst = session.get(Instance, run.resource_id)
+    if inst is None or inst.deleted:
+        return
+    if inst.task_id == Task.RESIZING:
+        inst.task_id = Task.NONE
+        inst.task_description = Task.NONE.description
+    record_fault(session, inst.id, run.error or "resize failed", f"workflow run {run.id}")
+
+
+RESIZE = Workflow(
+    "resize",
+    [
+        Step("grow_volume", grow_volume, retry=STEADY, timeout_s=60),
+        Step("send_resize", send_resize, retry=STEADY, timeout_s=60),
+        Step("wait_resized", wait_resized, retry=STEADY, timeout_s=RESIZE_DEADLINE_S),
+        Step("finish_resize", finish_resize, retry=STEADY, timeout_s=30),
+    ],
+    on_failure=_resize_failed,
+)
