@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run up test services bench-cold-start bench-provision clean
+.PHONY: install run up test services bench-cold-start bench-provision bench-backup clean
 
 install: $(STAMP)
 
@@ -33,6 +33,9 @@ bench-cold-start: install
 
 bench-provision: install
 	$(BIN)/python bench/provision.py
+
+bench-backup: install services
+	$(BIN)/python bench/backup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

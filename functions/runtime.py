@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from events.envelope import Message
     from events.publisher import Publisher
     from functions.core.auth import Authenticator
+    from functions.drivers.backup_storage import ObjectBackupStorage
     from functions.drivers.compute_local import LocalCompute
     from functions.drivers.guest_client import GuestClient
 
@@ -66,6 +67,12 @@ class Runtime:
         return LocalCompute(
             self.settings.data_dir / "instances", heartbeat_interval_s=self.settings.heartbeat_interval_s
         )
+
+    @cached_property
+    def storage(self) -> ObjectBackupStorage:
+        from functions.drivers.backup_storage import ObjectBackupStorage
+
+        return ObjectBackupStorage(self.settings.backups)
 
     @cached_property
     def guest(self) -> GuestClient:

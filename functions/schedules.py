@@ -28,3 +28,16 @@ def relay_outbox(request):  # type: ignore[no-untyped-def]
             outbox.relay(rt.sessions, rt.publisher, older_than_s=OUTBOX_GRACE_S)
 
     return eventfn.handle(request, apply, transactional=False)
+
+
+@functions_framework.http
+def run_backup_schedules(request):  # type: ignore[no-untyped-def]
+    """Start the scheduled backups that are due."""
+
+    def apply(work, _m, _e):  # type: ignore[no-untyped-def]
+        from functions.core import backup_schedules
+
+        rt = runtime()
+        work.emit(backup_schedules.run_due(work.session, rt.storage, rt.settings.backups.container))
+
+    return eventfn.handle(request, apply)

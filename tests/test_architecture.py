@@ -2,7 +2,9 @@
 
 - events/ and guest_agent/ import neither `functions`, `infra` nor `sqlalchemy`;
 - events/ does not import `guest_agent` (the wire contract depends on nobody);
-- functions/ does not import `infra` (the deployable code does not know its platform).
+- functions/ does not import `infra` (the deployable code does not know its platform);
+- objectstore/ imports none of `functions`, `infra`, `guest_agent`, `events`, `sqlalchemy`
+  (both the guest agent and the control plane use it).
 """
 
 from __future__ import annotations
@@ -81,6 +83,12 @@ def test_events_does_not_import_guest_agent() -> None:
 def test_functions_do_not_import_infra() -> None:
     problems = _violations(("functions",), {"infra"})
     assert not problems, "functions/ must not depend on infra:\n" + "\n".join(problems)
+
+
+def test_objectstore_depends_on_no_other_package() -> None:
+    assert _python_files("objectstore"), "no Python files under objectstore/"
+    problems = _violations(("objectstore",), {"functions", "infra", "guest_agent", "events", "sqlalchemy"})
+    assert not problems, "objectstore/ must depend on nobody:\n" + "\n".join(problems)
 
 
 def test_the_checker_sees_imports() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import functions_framework
 
 from functions.api._http import ApiRequest, api
+from functions.core import admin_actions, instances, resizing
 from functions.core import instance_views as views
-from functions.core import instances
 from functions.core.errors import BadRequest, NotImplementedFeature
 from functions.core.models.base import utcnow
 from functions.core.schemas import parse
@@ -88,7 +88,7 @@ def delete_instance(req: ApiRequest):  # type: ignore[no-untyped-def]
 
 
 ACTIONS = {"restart": instances.restart}
-LATER = {"resize", "promote_to_replica_source", "eject_replica_source", "reset_status"}
+LATER = {"promote_to_replica_source", "eject_replica_source"}
 
 
 @functions_framework.http
@@ -100,6 +100,17 @@ def instance_action(req: ApiRequest):  # type: ignore[no-untyped-def]
     [(name, _args)] = body.items()
     if name in LATER:
         raise NotImplementedFeature(f"The '{name}' action is not available in this release of Troveless yet.")
+    if name == "reset_status":
+        # Trove's instance:reset_status policy: administrators only, any project's instance.
+        admin_actions.require_admin(req.identity)
+        with unit_of_work() as work:
+            admin_actions.reset_status(work.session, req.params["instance_id"])
+        return 202, None
+    if name == "resize":
+        with unit_of_work() as work:
+            inst = instances.lock(work.session, req.project_id, req.params["instance_id"])
+            work.emit(resizing.start(work.session, inst, _args, instances.MAX_VOLUME_GB))
+        return 202, None
     if name not in ACTIONS:
         raise BadRequest(f"Invalid instance action: {name}")
     with unit_of_work() as work:

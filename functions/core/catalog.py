@@ -112,6 +112,22 @@ def get_version_by_id(session: Session, version_id: str) -> DatastoreVersion:
     return version
 
 
+def by_version_id(session: Session, version_id: str) -> tuple[Datastore, DatastoreVersion]:
+    version = get_version_by_id(session, version_id)
+    datastore = session.get(Datastore, version.datastore_id)
+    if datastore is None:
+        raise NotFound(f"Datastore version '{version_id}' cannot be found.")
+    if not version.active:
+        raise BadRequest(f"Datastore version '{version.name}' is not active.")
+    return datastore, version
+
+
+def manager_of(session: Session, version_id: str | None) -> str | None:
+    """The engine (manager) of a datastore version; None if unknown."""
+    version = session.get(DatastoreVersion, version_id) if version_id else None
+    return version.manager if version is not None else None
+
+
 def resolve(
     session: Session, type_: str | None, version: str | None, version_number: str | None = None
 ) -> tuple[Datastore, DatastoreVersion]:

@@ -24,6 +24,8 @@ class InstanceRow:
     service: ServiceStatus | None
     datastore: Datastore
     version: DatastoreVersion
+    # A backup of the instance is NEW, BUILDING or SAVING (the instance shows BACKUP).
+    backup_running: bool = False
     fault: InstanceFault | None = None
 
 
@@ -36,7 +38,7 @@ def status_of(row: InstanceRow, now: dt.datetime) -> tuple[str, str]:
     service = SS.from_code(row.service.status_id if row.service else None)
     heartbeat = row.service.heartbeat_at if row.service else None
     return (
-        visible_status(task, row.instance.server_status),
+        visible_status(task, row.instance.server_status, row.backup_running),
         operating_status(task, row.instance.server_status, service, heartbeat, now),
     )
 

@@ -12,11 +12,15 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from events.envelope import Message
-from functions.core import catalog, flavors
+from functions.core import backups, catalog, flavors, guards
 from functions.core import workflow as runner
-from functions.core.errors import BadRequest, NotFound, NotImplementedFeature, OverLimit, UnprocessableEntity
+from functions.core.errors import (
+    BadRequest,
+    NotFound,
+    NotImplementedFeature,
+    OverLimit,
+)
 from functions.core.instance_views import InstanceRow
-from functions.core.views import page_size
 from functions.core.models.base import utcnow
 from functions.core.models.datastore import Datastore, DatastoreVersion
 from functions.core.models.instance import Instance, InstanceFault, ServiceStatus
@@ -24,6 +28,7 @@ from functions.core.provisioning import PROVISION, RESTART, TEARDOWN
 from functions.core.schemas.instances import InstanceCreate, InstanceUpdate
 from functions.core.states import ServiceStatus as SS
 from functions.core.states import Task
+from functions.core.views import page_size
 
 MAX_VOLUME_GB = 10
 NAME_LIMITS = {"postgresql": 63, "mariadb": 64, "mysql": 64}
@@ -37,7 +42,8 @@ RESERVED_USERS = {"postgresql": {"postgres", "os_admin"}, "mariadb": {"root", "o
 
 def _rows() -> Select[Any]:
     return (
-        select(Instance, ServiceStatus, Datastore, DatastoreVersion)
+        select(Instance, ServiceStatus, Datastore, DatastoreVersion,
+               guards.backup_running_clause(Instance.id).label("backup_running"))
         .join(DatastoreVersion, DatastoreVersion.id == Instance.datastore_version_id)
         .join(Datastore, Datastore.id == DatastoreVersion.datastore_id)
         .outerjoin(ServiceStatus, ServiceStatus.instance_id == Instance.id)
@@ -77,18 +83,23 @@ def list_rows(session: Session, project_id: str, limit: str | None, marker: str 
 
 def create(session: Session, project_id: str, body: InstanceCreate, now: dt.datetime | None = None) -> tuple[InstanceRow, list[Message]]:
     now = now or utcnow()
-    for field, what in (("restorePoint", "Restoring from a backup"), ("replica_of", "Creating replicas"),
+    for field, what in (("replica_of", "Creating replicas"),
                         ("configuration", "Configuration groups"), ("modules", "Modules")):
         if getattr(body, field):
             raise NotImplementedFeature(f"{what} is not available in this release of Troveless yet.")
     if body.replica_count is not None:
         raise BadRequest("replica_count is only valid together with replica_of.")
-    datastore, version = catalog.resolve(
-        session,
-        body.datastore.type if body.datastore else None,
-        body.datastore.version if body.datastore else None,
-        body.datastore.version_number if body.datastore else None,
-    )
+    chain = backups.restore_chain(session, project_id, body.restorePoint.backupRef) if body.restorePoint else []
+    if chain and body.datastore is None:
+        # Trove restores onto the backup's own datastore version when none is given.
+        datastore, version = catalog.by_version_id(session, chain[-1].datastore_version_id or "")
+    else:
+        datastore, version = catalog.resolve(
+            session,
+            body.datastore.type if body.datastore else None,
+            body.datastore.version if body.datastore else None,
+            body.datastore.version_number if body.datastore else None,
+        )
     flavor = flavors.get_flavor(session, body.flavorRef)
     if body.volume is None:
         raise BadRequest("Volume size must be specified.")
@@ -99,6 +110,8 @@ def create(session: Session, project_id: str, body: InstanceCreate, now: dt.date
     if len(body.nics) > 1:
         raise BadRequest("Only one NIC is allowed.")
     kind = version.manager
+    if chain:
+        backups.check_restore(chain, body.volume.size, version.id, lambda vid: catalog.manager_of(session, vid))
     databases = _check_databases(kind, body)
     users = _check_users(kind, body, {d["name"] for d in databases})
 
@@ -128,9 +141,14 @@ def create(session: Session, project_id: str, body: InstanceCreate, now: dt.date
     )
     session.add(service)
     session.flush()
-    _, first = PROVISION.start(
-        session, resource_id=instance.id, context={"databases": databases, "users": users}, now=now
-    )
+    context: dict[str, Any] = {"databases": databases, "users": users}
+    if chain:
+        context["restore"] = [
+            {"backup_id": b.id, "location": b.location, "checksum": b.checksum,
+             "backup_type": "incremental" if b.backup_type == "incremental" else "full", "lsn": b.lsn}
+            for b in chain
+        ]
+    _, first = PROVISION.start(session, resource_id=instance.id, context=context, now=now)
     return InstanceRow(instance, service, datastore, version), [first]
 
 
@@ -171,7 +189,7 @@ def _check_users(kind: str, body: InstanceCreate, databases: set[str]) -> list[d
     return out
 
 
-def _lock(session: Session, project_id: str, instance_id: str) -> Instance:
+def lock(session: Session, project_id: str, instance_id: str) -> Instance:
     inst = session.execute(
         select(Instance)
         .where(Instance.id == instance_id, Instance.tenant_id == project_id, Instance.deleted.is_(False))
@@ -183,7 +201,7 @@ def _lock(session: Session, project_id: str, instance_id: str) -> Instance:
 
 
 def update(session: Session, project_id: str, instance_id: str, body: InstanceUpdate) -> None:
-    inst = _lock(session, project_id, instance_id)
+    inst = lock(session, project_id, instance_id)
     others = [f for f in ("configuration", "replica_of", "slave_of", "datastore_version", "access")
               if f in body.model_fields_set and f != "configuration"]
     if "configuration" in body.model_fields_set and body.configuration is not None:
@@ -196,7 +214,7 @@ def update(session: Session, project_id: str, instance_id: str, body: InstanceUp
 
 def delete(session: Session, project_id: str, instance_id: str) -> list[Message]:
     """Delete in any state, BUILD included (unlike Trove): teardown cancels the build first."""
-    inst = _lock(session, project_id, instance_id)
+    inst = lock(session, project_id, instance_id)
     if runner.active_runs(session, inst.id, ("teardown",)):
         return []  # already being deleted
     inst.task_id = Task.DELETING
@@ -206,32 +224,15 @@ def delete(session: Session, project_id: str, instance_id: str) -> list[Message]
 
 
 def restart(session: Session, project_id: str, instance_id: str) -> list[Message]:
-    inst = _lock(session, project_id, instance_id)
+    inst = lock(session, project_id, instance_id)
     service = session.execute(select(ServiceStatus).where(ServiceStatus.instance_id == inst.id)).scalar_one_or_none()
-    _can_perform_action(inst, service)
+    guards.can_perform_action(session, inst, service)
     inst.task_id = Task.REBOOTING
     inst.task_description = Task.REBOOTING.description
     if service is not None:
         service.status_id, service.status_description = SS.RESTARTING.code, SS.RESTARTING.description
     _, first = RESTART.start(session, resource_id=inst.id)
     return [first]
-
-
-def _can_perform_action(inst: Instance, service: ServiceStatus | None) -> None:
-    """Trove's validate_can_perform_action: server ACTIVE, task idle, datastore in a sane state."""
-    status = SS.from_code(service.status_id if service else None)
-    allowed = {SS.RUNNING, SS.SHUTDOWN, SS.CRASHED, SS.BLOCKED, SS.HEALTHY, SS.RESTART_REQUIRED}
-    if (inst.server_status or "").upper() != "ACTIVE" or Task(inst.task_id) not in (Task.NONE, Task.RESTART_REQUIRED) \
-            or status not in allowed:
-        raise UnprocessableEntity(
-            f"Instance {inst.id} is not ready. (Status is {_visible(inst)}.)"
-        )
-
-
-def _visible(inst: Instance) -> str:
-    from functions.core.states import visible_status
-
-    return visible_status(Task(inst.task_id), inst.server_status)
 
 
 def get_any(session: Session, instance_id: str) -> Instance:

@@ -10,7 +10,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from events.envelope import Message, from_json, to_json
-from events.publisher import PublishError, Publisher
+from events.publisher import Publisher, PublishError
 from functions.core.models.base import utcnow
 from functions.core.models.platform import OutboxEvent
 

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from events.base import Event
 from events.envelope import Message
+from events.guest import StoreOptions
 
 
 class ComputeError(Exception):
@@ -45,9 +46,28 @@ class ServerSpec:
 class Compute(Protocol):
     def pick_address(self, taken: set[str], datastore: str) -> str: ...
     def allocate_volume(self, instance_id: str, size_gb: int) -> str: ...
+    def resize_volume(self, instance_id: str, size_gb: int) -> None: ...
     def delete_volume(self, instance_id: str) -> None: ...
     def create_server(self, spec: ServerSpec) -> str: ...
     def delete_server(self, instance_id: str) -> None: ...
+
+
+class StorageError(Exception):
+    """The object store failed or refused (message safe to show)."""
+
+
+class BackupStorage(Protocol):
+    """Where backup objects live. The guest streams them; the control plane names them,
+    checks them and deletes them."""
+
+    def location(self, container: str, key: str) -> str: ...
+    def check_container(self, container: str) -> None:
+        """ValueError naming the rule if the container name is not valid for this store."""
+    def store_options(self) -> StoreOptions: ...
+    def delete(self, location: str) -> None: ...
+    def exists(self, location: str) -> bool: ...
+    def head(self, location: str) -> tuple[int, dict[str, str]] | None:
+        """(size, metadata) of a complete object; None if there is none."""
 
 
 class Guest(Protocol):

@@ -14,7 +14,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from events.envelope import Message, format_time, parse_time, to_json
-from events.guest import DatabaseSpec, FlavorSpec, PrepareRequested, RestartRequested, UserSpec, sign_command
+from events.guest import (
+    BackupObject,
+    DatabaseSpec,
+    FlavorSpec,
+    PrepareRequested,
+    RestartRequested,
+    RestoreSpec,
+    UserSpec,
+    sign_command,
+)
 from functions.core import workflow as runner
 from functions.core.models.base import utcnow
 from functions.core.models.datastore import Datastore, DatastoreVersion, Flavor
@@ -149,7 +158,14 @@ def _prepare_command(ctx: StepContext, inst: Instance) -> PrepareRequested:
     if any(u.get("password") == "***" for u in users):
         # A retry after the guest got the passwords: it is prepared or preparing already.
         users = []
+    restore = None
+    if ctx.context.get("restore"):
+        restore = RestoreSpec(
+            store=_deps().storage.store_options(),
+            chain=[BackupObject.model_validate(b) for b in ctx.context["restore"]],
+        )
     return PrepareRequested(
+        restore=restore,
         instance_id=inst.id,
         datastore="postgresql" if version.manager == "postgresql" else "mariadb",
         version=version.version,
@@ -207,8 +223,12 @@ PROVISION = Workflow(
 def cancel_work(ctx: StepContext) -> None:
     """Stop any build or restart of this instance first, so nothing creates resources
     behind our back (a running step holds its run's lock: we wait for it)."""
-    for run in runner.active_runs(ctx.session, ctx.resource_id or "", ("provision", "restart")):
+    for run in runner.active_runs(ctx.session, ctx.resource_id or "", ("provision", "restart", "resize")):
         runner.cancel(ctx.session, run.id, "cancelled: the instance is being deleted")
+    # A backup in flight dies with the server; its backups that completed stay (as Trove).
+    from functions.core import backup_flow
+
+    backup_flow.abandon_running(ctx.session, ctx.resource_id or "", "the instance was deleted during the backup")
 
 
 def finish_delete(ctx: StepContext) -> None:
@@ -299,10 +319,12 @@ WORKFLOWS = {w.name: w for w in (PROVISION, TEARDOWN, RESTART)}
 
 def resume_on_heartbeat(session: Session, instance: Instance, status: ServiceStatus) -> list[Message]:
     """The conductor's hook: a HEALTHY heartbeat completes a build's or restart's wait."""
+    if status.status_id == SS.FAILED.code:
+        return _fail_build(session, instance, status)
     if status.status_id != SS.HEALTHY.code:
         return []
     out: list[Message] = []
-    for run in runner.active_runs(session, instance.id, ("provision", "restart")):
+    for run in runner.active_runs(session, instance.id, ("provision", "restart", "resize")):
         if run.status != runner.RunStatus.WAITING:
             continue
         if run.workflow == "provision" and run.step == "wait_guest_healthy":
@@ -311,6 +333,12 @@ def resume_on_heartbeat(session: Session, instance: Instance, status: ServiceSta
             status, (run.context or {}).get("requested_at")
         ):
             nxt = runner.resume(session, RESTART, run.id, "wait_restarted")
+        elif run.workflow == "resize" and run.step == "wait_resized" and healthy_since(
+            status, (run.context or {}).get("requested_at")
+        ):
+            from functions.core.resizing import RESIZE
+
+            nxt = runner.resume(session, RESIZE, run.id, "wait_resized")
         else:
             continue
         if nxt is not None:
@@ -318,3 +346,16 @@ def resume_on_heartbeat(session: Session, instance: Instance, status: ServiceSta
     return out
 
 
+
+
+def _fail_build(session: Session, instance: Instance, status: ServiceStatus) -> list[Message]:
+    """The guest gave up preparing (e.g. a backup failed verification): fail the build now
+    with the guest's reason instead of waiting for the deadline."""
+    out: list[Message] = []
+    for run in runner.active_runs(session, instance.id, ("provision",)):
+        if run.status == runner.RunStatus.WAITING and run.step == "wait_guest_healthy":
+            reason = f"the guest could not prepare the instance: {status.guest_detail or 'failed'}"
+            nxt = runner.fail_waiting(session, PROVISION, run.id, "wait_guest_healthy", reason)
+            if nxt is not None:
+                out.append(nxt)
+    return out

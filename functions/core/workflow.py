@@ -379,7 +379,6 @@ def _finish_failed(session: Session, workflow: Workflow, run: WorkflowRun, now: 
     log.warning("run %s of %s FAILED: %s", run.id, workflow.name, run.error)
     if workflow.on_failure is not None:
         workflow.on_failure(session, run)
-    return None
 
 
 def cancel(session: Session, run_id: str, reason: str) -> bool:
@@ -423,6 +422,30 @@ def resume(
     run.context = {**(run.context or {}), **(updates or {})}
     _record(session, run, step, "forward", Outcome.RESUMED, now)
     return _advance(workflow, run, workflow.step(step), now)
+
+
+def fail_waiting(session: Session, workflow: Workflow, run_id: str, step: str, reason: str) -> Message | None:
+    """Fail a WAITING step now (the awaited thing reported failure): compensation starts
+    with `reason` as the run's error. Anything but a run waiting at `step` is ignored."""
+    run = _lock_run(session, run_id)
+    if run.status != RunStatus.WAITING or run.step != step:
+        return None
+    now = utcnow()
+    _record(session, run, step, "forward", Outcome.FAILED, now, reason)
+    return _begin_compensation(session, workflow, run, workflow.step(step), reason, now)
+
+
+def extend_wait(
+    session: Session, run_id: str, step: str, timeout_s: float, *, now: dt.datetime | None = None
+) -> bool:
+    """Move a WAITING step's deadline to `now + timeout_s` (a sign of life pushes it out; a
+    sign of death pulls it in). Anything but a run waiting at `step` is left alone."""
+    run = _lock_run(session, run_id)
+    if run.status != RunStatus.WAITING or run.step != step:
+        return False
+    run.deadline_at = (now or utcnow()) + dt.timedelta(seconds=timeout_s)
+    run.next_run_at = run.deadline_at
+    return True
 
 
 def sweep(session: Session, *, now: dt.datetime | None = None, limit: int = 200) -> list[Message]:

@@ -81,6 +81,15 @@ class LocalCompute:
         (directory / "volume.json").write_text(json.dumps({"size_gb": size_gb}))
         return str(uuid.uuid5(_VOLUMES, instance_id))
 
+    def resize_volume(self, instance_id: str, size_gb: int) -> None:
+        """Record the new size. A local volume is a directory with no quota of its own (the
+        size is what the guest reports and the API enforces), so there is nothing to grow;
+        idempotent like every step's side effect."""
+        directory = self.instance_dir(instance_id)
+        if not (directory / "volume").is_dir():
+            raise ComputeError(f"instance {instance_id} has no volume", transient=False)
+        (directory / "volume.json").write_text(json.dumps({"size_gb": size_gb}))
+
     def delete_volume(self, instance_id: str) -> None:
         directory = self.instance_dir(instance_id)
         if self.server_running(instance_id):
@@ -146,10 +155,13 @@ class LocalCompute:
     def _pids(self, instance_id: str) -> list[int]:
         """Our processes for this instance: the agent, and everything in its session.
 
-        The agent is started as a session leader, so whatever it runs (the database server,
-        initdb, a copy of a template) keeps the agent's pid as its session id, even after the
-        agent died; Linux does not reuse a pid that is still a session id. The pids the agent
-        recorded are checked as well, against /proc, before anything is signalled."""
+        The agent is started as a session leader, so what runs in its session keeps the
+        agent's pid as its session id, even after the agent died; Linux does not reuse a pid
+        that is still a session id. The agent starts its helpers (the database server,
+        initdb, backup tools) in sessions of their own, though: those are found by the pids
+        it recorded and, for a helper it had no time to record (an agent killed during
+        initdb), by naming this instance's directory on their command line. Every candidate
+        is checked against /proc before anything is signalled."""
         directory = self.instance_dir(instance_id)
         pids: list[int] = []
         agent = _read_pid(directory / "agent.pid")
@@ -168,6 +180,7 @@ class LocalCompute:
             pids += [p for p in map(_read_pid, (directory / "run").glob("*.pid")) if p]
         if (directory / "volume").is_dir():
             pids += [p for p in map(_read_pid, (directory / "volume").rglob("postmaster.pid")) if p]
+        pids += _mentioning(directory)
         agent_session = set(_session_members(agent)) if agent else set()
         return [
             p for p in dict.fromkeys(pids)
@@ -241,6 +254,19 @@ def _is_ours(pid: int, directory: Path) -> bool:
         return os.readlink(f"/proc/{pid}/cwd").startswith(needle)
     except OSError:
         return False
+
+
+def _mentioning(directory: Path) -> list[int]:
+    """Live processes whose command line names this instance's directory (its own)."""
+    needle = str(directory).encode()
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if needle in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except (OSError, ValueError):
+            continue
+    return [p for p in found if p != os.getpid()]
 
 
 def _session_members(sid: int) -> list[int]:

@@ -12,8 +12,6 @@ from events.signing import Keyring, verify
 from functions.core.ports import GuestError
 
 
-
-
 class GuestClient:
     def __init__(self, timeout_s: float = 15.0) -> None:
         self.timeout_s = timeout_s

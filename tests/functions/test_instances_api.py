@@ -5,48 +5,15 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import select
-from werkzeug.test import Client
 
-from functions.core import catalog
-from functions.core.auth import TokenFile
 from functions.core.models.platform import OutboxEvent, WorkflowRun
 from functions.drivers.binaries import InstalledServer
-from functions.runtime import reset_runtime, runtime
-from infra.local.functions_host import Gateway, build_apps
-from infra.spec import load_spec
+from functions.runtime import runtime
 
 INSTALLED = [
     InstalledServer("postgresql", "postgresql", "15.19", "/usr/lib/postgresql/15/bin/postgres"),
     InstalledServer("mariadb", "mariadb", "10.11.19", "/usr/sbin/mariadbd"),
 ]
-
-
-@pytest.fixture(scope="module")
-def gateway() -> Client:
-    spec = load_spec()
-    return Client(Gateway(spec, build_apps(spec)))
-
-
-@pytest.fixture
-def api(gateway, tmp_path, monkeypatch, database_url):  # type: ignore[no-untyped-def]
-    token_file = tmp_path / "tokens.json"
-    store = TokenFile(token_file)
-    monkeypatch.setenv("TROVELESS_TOKEN_FILE", str(token_file))
-    monkeypatch.setenv("TROVELESS_DATABASE_URL", database_url)
-    monkeypatch.delenv("TROVELESS_BROKER_URL", raising=False)
-    monkeypatch.delenv("K_SINK", raising=False)
-    reset_runtime()
-    with runtime().transaction() as s:
-        catalog.seed(s, INSTALLED)
-    tokens = {"p1": store.issue("p1", "u1", ("member",)), "p2": store.issue("p2", "u2", ("member",))}
-
-    class Api:
-        def __call__(self, method: str, path: str, project: str = "p1", token: str | None = None, **kw):  # type: ignore[no-untyped-def]
-            headers = {"X-Auth-Token": tokens[token or project], **kw.pop("headers", {})}
-            return gateway.open(f"/v1.0/{project}{path}", method=method, headers=headers, **kw)
-
-    yield Api()
-    reset_runtime()
 
 
 def body(**fields):  # type: ignore[no-untyped-def]
@@ -87,7 +54,7 @@ def test_catalog_views(api) -> None:  # type: ignore[no-untyped-def]
         (body(flavorRef=99), 404, "itemNotFound", "Flavor 99"),
         (body(datastore={"type": "oracle"}), 404, "itemNotFound", "Datastore 'oracle'"),
         (body(datastore={"type": "postgresql", "version": "9.6"}), 404, "itemNotFound", "version '9.6'"),
-        (body(restorePoint={"backupRef": "b1"}), 501, "notImplemented", "Restoring from a backup"),
+        (body(restorePoint={"backupRef": "b1"}), 404, "itemNotFound", "Backup b1 could not be found"),
         (body(databases=[{"name": "postgres"}]), 400, "badRequest", "reserved"),
         (body(databases=[{"name": "a"}, {"name": "a"}]), 400, "badRequest", "more than once"),
         (body(users=[{"name": "u", "password": "p", "databases": [{"name": "nope"}]}]), 400, "badRequest", "not being created"),

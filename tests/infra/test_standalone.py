@@ -30,10 +30,17 @@ REPO = Path(__file__).resolve().parents[2]
 FF = str(Path(sys.executable).parent / "functions-framework")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _distinct_free_ports(count: int) -> list[int]:
+    """Ports free now and distinct from each other: every socket stays bound until all are
+    chosen, so the kernel cannot hand the same ephemeral port to two functions."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 @pytest.fixture
@@ -51,8 +58,8 @@ def served(database_url: str, tmp_path: Path) -> Iterator[tuple[dict[str, str], 
     env.pop("TROVELESS_BROKER_URL", None)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     urls: dict[str, str] = {}
-    for name, fn in spec.functions.items():
-        port = _free_port()
+    ports = _distinct_free_ports(len(spec.functions))
+    for (name, fn), port in zip(spec.functions.items(), ports, strict=True):
         procs[name] = subprocess.Popen(
             [FF, "--source", str(spec.source_path(name)), "--target", fn.target, "--host", "127.0.0.1", "--port", str(port)],
             env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"{name}.log", "wb"),
@@ -69,6 +76,11 @@ def served(database_url: str, tmp_path: Path) -> Iterator[tuple[dict[str, str], 
                 except httpx.TransportError:
                     assert time.monotonic() < deadline, f"{name} did not start"
                     time.sleep(0.05)
+        # A process that lost its port to another program exits; its URL would then reach
+        # the other program, so every process must still be alive once all answer.
+        time.sleep(0.5)
+        for name, proc in procs.items():
+            assert proc.poll() is None, (tmp_path / f"{name}.log").read_text()[-2000:]
         yield urls, {"token": token}
     finally:
         for proc in procs.values():
