@@ -15,7 +15,15 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 
 from events.base import PREFIX, Event
 from events.envelope import Message
@@ -75,6 +83,14 @@ class GuestStatus(StrEnum):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# A configuration-group value as the control plane validated and normalised it: integers in
+# the setting's own unit, booleans as JSON booleans, enum strings spelled as the server does.
+ConfigValue = StrictBool | StrictInt | StrictFloat | StrictStr
+# Setting name -> value. Commands that (re)start the server carry the instance's overrides
+# (None: keep the agent's), so a restart always converges on what the control plane holds.
+Overrides = dict[str, ConfigValue]
 
 
 class DatabaseSpec(_Strict):
@@ -143,6 +159,8 @@ class PrepareRequested(Event):
     databases: list[DatabaseSpec] = Field(default_factory=list)
     users: list[UserSpec] = Field(default_factory=list)
     restore: RestoreSpec | None = None
+    # The attached configuration group's values, written before the first start.
+    overrides: Overrides = Field(default_factory=dict)
 
 
 class BackupRequested(Event):
@@ -197,6 +215,7 @@ class RestartRequested(Event):
 
     TYPE: ClassVar[str] = f"{PREFIX}.guest.restart.requested"
     instance_id: str
+    overrides: Overrides | None = None
 
 
 class StopRequested(Event):
@@ -211,6 +230,7 @@ class StartRequested(Event):
 
     TYPE: ClassVar[str] = f"{PREFIX}.guest.start.requested"
     instance_id: str
+    overrides: Overrides | None = None
 
 
 class ResizeRequested(Event):
@@ -222,6 +242,20 @@ class ResizeRequested(Event):
     instance_id: str
     flavor: FlavorSpec | None = None
     volume_size_gb: int | None = Field(default=None, gt=0)
+    overrides: Overrides | None = None
+
+
+class UpgradeRequested(Event):
+    """Restart the server on another minor version's binaries, keeping the data (202; the
+    heartbeat shows RESTARTING, then HEALTHY). `location`: where that version's server
+    binary is (None: the installed default). If the new binaries do not start, the agent
+    goes back to the old ones and reports the old `running_version`."""
+
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.upgrade.requested"
+    instance_id: str
+    version: str
+    location: str | None = None
+    overrides: Overrides | None = None
 
 
 class StatusRequested(Event):
@@ -245,6 +279,8 @@ class _StatusFields(Event):
     # The backup this agent is running right now, if any: a backup the control plane thinks
     # is running but the agent does not (it restarted) is failed at once.
     backup_id: str | None = None
+    # The datastore version (as the control plane names it) whose binaries the server runs.
+    running_version: str | None = None
 
 
 class GuestHeartbeat(_StatusFields):
@@ -428,6 +464,46 @@ class DisableRootRequested(Event):
 
     TYPE: ClassVar[str] = f"{PREFIX}.guest.root.disable.requested"
     instance_id: str
+
+
+# ---- configuration groups (Trove §8) -------------------------------------------------------
+
+
+class UpdateOverridesRequested(Event):
+    """Make `overrides` the configuration group's settings (replacing the previous set; {} =
+    detach). They are written after the platform's own settings (so they win) and applied to
+    the running server at once where it can: PostgreSQL reloads its configuration,
+    MariaDB `SET GLOBAL`s. Settings named in `restart_required` (the control plane's
+    catalog) or that the server itself cannot change live wait for the next restart.
+    Answered at once with ConfigurationApplied; idempotent. A value the server rejects
+    leaves everything as it was: 400 invalid."""
+
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.configuration.update.requested"
+    instance_id: str
+    overrides: Overrides
+    restart_required: list[str] = Field(default_factory=list)
+
+
+class ConfigurationApplied(Event):
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.configuration.applied"
+    instance_id: str
+    applied: list[str] = Field(default_factory=list)  # changed in the running server
+    pending_restart: list[str] = Field(default_factory=list)  # take effect at the next restart
+
+
+class ShowConfigurationRequested(Event):
+    """The platform's own settings for this instance's flavor (Trove's default configuration
+    template, rendered). Reply: ConfigurationShown."""
+
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.configuration.show.requested"
+    instance_id: str
+
+
+class ConfigurationShown(Event):
+    TYPE: ClassVar[str] = f"{PREFIX}.guest.configuration.shown"
+    instance_id: str
+    values: dict[str, str]
+    overrides: Overrides = Field(default_factory=dict)
 
 
 class CommandCompleted(Event):

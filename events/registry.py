@@ -64,6 +64,7 @@ for _model in (
     guest.StartRequested,
     guest.StatusRequested,
     guest.ResizeRequested,
+    guest.UpgradeRequested,
     guest.GuestHeartbeat,
     guest.GuestStatusReported,
     guest.BackupRequested,
@@ -87,5 +88,9 @@ for _model in (
     guest.RootEnabled,
     guest.DisableRootRequested,
     guest.CommandCompleted,
+    guest.UpdateOverridesRequested,
+    guest.ConfigurationApplied,
+    guest.ShowConfigurationRequested,
+    guest.ConfigurationShown,
 ):
     register(_model)

@@ -14,8 +14,16 @@ OUTBOX_GRACE_S = 5.0
 
 @functions_framework.http
 def sweep_workflows(request):  # type: ignore[no-untyped-def]
-    """Re-emit due step events and compensate runs past their deadline."""
-    return eventfn.handle(request, lambda work, _m, _e: work.emit(workflow.sweep(work.session)))
+    """Re-emit due step events and compensate runs past their deadline; settle instances a
+    dying API function left applying a configuration group."""
+
+    def apply(work, _m, _e):  # type: ignore[no-untyped-def]
+        from functions.core import configurations
+
+        work.emit(workflow.sweep(work.session))
+        configurations.recover_interrupted(work.session)
+
+    return eventfn.handle(request, apply)
 
 
 @functions_framework.http

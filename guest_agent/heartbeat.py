@@ -65,6 +65,7 @@ class EventFactory:
             "server_pid": snap.server_pid,
             "restarts": snap.restarts,
             "backup_id": snap.backup_id,
+            "running_version": snap.running_version,
         }
 
     def _sign(self, event: Event) -> Message:

@@ -52,6 +52,8 @@ from events.guest import (
     BackupRequested,
     ChangePasswordsRequested,
     CommandCompleted,
+    ConfigurationApplied,
+    ConfigurationShown,
     CreateDatabasesRequested,
     CreateUsersRequested,
     DatabasesListed,
@@ -67,11 +69,14 @@ from events.guest import (
     RestartRequested,
     RevokeAccessRequested,
     RootEnabled,
+    ShowConfigurationRequested,
     ShowUserRequested,
     StartRequested,
     StatusRequested,
     StopRequested,
+    UpdateOverridesRequested,
     UpdateUserRequested,
+    UpgradeRequested,
     UserShown,
     UsersListed,
     control_source,
@@ -97,6 +102,7 @@ LONG_OPERATIONS: dict[type, str] = {
     StopRequested: "stop",
     StartRequested: "start",
     ResizeRequested: "resize",
+    UpgradeRequested: "upgrade",
 }
 
 
@@ -217,7 +223,8 @@ class CommandApp:
         except InvalidEventData as exc:
             return _json(400, error=REDACTOR.redact(str(exc)), reason="invalid")
         instance_id = getattr(event, "instance_id", None)
-        if not isinstance(event, (StatusRequested, BackupRequested, *LONG_OPERATIONS, *ACCOUNT_COMMANDS)):
+        if not isinstance(event, (StatusRequested, BackupRequested, *LONG_OPERATIONS, *ACCOUNT_COMMANDS,
+                                  UpdateOverridesRequested, ShowConfigurationRequested)):
             return _json(400, error=f"{message.type} is not a guest command")
         if instance_id != self.settings.instance_id:
             log.warning("refused command %s for instance %s", message.id, instance_id)
@@ -226,6 +233,13 @@ class CommandApp:
 
         if type(event) in ACCOUNT_COMMANDS:
             return self.account_command(event, message.type)
+        if isinstance(event, UpdateOverridesRequested):
+            return self.update_overrides(event, message.type)
+        if isinstance(event, ShowConfigurationRequested):
+            state = self.supervisor.store.state
+            return self._reply(ConfigurationShown(
+                instance_id=event.instance_id, values=self.supervisor.ds.template_values(state),
+                overrides=dict(state.overrides)))
 
         if isinstance(event, StatusRequested):
             reply = self.factory.status_report(self.supervisor.snapshot())
@@ -239,11 +253,11 @@ class CommandApp:
             return _json(400, error=f"this agent runs {self.settings.datastore}, not {event.datastore}")
         operation = LONG_OPERATIONS[type(event)]
         try:
-            started = self.supervisor.submit(
-                operation, event if isinstance(event, (PrepareRequested, ResizeRequested)) else None
-            )
+            started = self.supervisor.submit(operation, event)
         except Busy as exc:
             return _json(409, error=str(exc))
+        except DatastoreError as exc:  # overrides the agent refuses to write
+            return _json(400, error=REDACTOR.redact(str(exc)), reason="invalid")
         if not started:
             return _json(202, operation=operation, accepted=True, note="already in progress")
         return _json(202, operation=operation, accepted=True)
@@ -261,6 +275,31 @@ class CommandApp:
             return _json(202, operation="backup", backup_id=event.backup_id, accepted=True, note="already in progress")
         return _json(202, operation="backup", backup_id=event.backup_id, accepted=True)
 
+    def update_overrides(self, event: UpdateOverridesRequested, command_type: str) -> Response:
+        """Configuration groups: one at a time with the account commands (both hold SQL)."""
+        try:
+            if not self._accounts.acquire(timeout=ACCOUNT_LOCK_TIMEOUT_S):
+                raise NotReady("another command is still running; retry later")
+            try:
+                applied, pending = self.supervisor.update_overrides(dict(event.overrides), event.restart_required)
+            finally:
+                self._accounts.release()
+        except DatastoreError as exc:
+            return self._refused(command_type, exc)
+        return self._reply(ConfigurationApplied(instance_id=event.instance_id, applied=applied, pending_restart=pending))
+
+    def _refused(self, command_type: str, exc: DatastoreError) -> Response:
+        message = REDACTOR.redact(str(exc))
+        if exc.reason is None:  # the server failed in a way we did not foresee
+            log.error("%s failed: %s", command_type, message)
+            return _json(500, error=message)
+        log.info("%s refused (%s): %s", command_type, exc.reason, message)
+        return _json(REASON_STATUS[exc.reason], error=message, reason=exc.reason)
+
+    def _reply(self, reply: Event) -> Response:
+        headers, body = encode_binary(self.factory.reply(reply))
+        return Response(body, status=200, headers=headers)
+
     def account_command(self, event: Event, command_type: str) -> Response:
         """Run a database/user/root command now, on this thread; never a 500 for bad input."""
         REDACTOR.add(_passwords(event))
@@ -274,16 +313,10 @@ class CommandApp:
             finally:
                 self._accounts.release()
         except DatastoreError as exc:
-            message = REDACTOR.redact(str(exc))
-            if exc.reason is None:  # the server failed in a way we did not foresee
-                log.error("%s failed: %s", command_type, message)
-                return _json(500, error=message)
-            log.info("%s refused (%s): %s", command_type, exc.reason, message)
-            return _json(REASON_STATUS[exc.reason], error=message, reason=exc.reason)
+            return self._refused(command_type, exc)
         if reply is None:
             reply = CommandCompleted(instance_id=self.settings.instance_id, command=command_type)
-        headers, body = encode_binary(self.factory.reply(reply))
-        return Response(body, status=200, headers=headers)
+        return self._reply(reply)
 
 
 # User data is written when the server is created and read when the agent boots; allow for a

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from guest_agent.process import write_private
 
@@ -33,6 +34,9 @@ class AgentState:
     bin_dir: str | None = None
     agent_pid: int | None = None
     server_pid: int | None = None
+    # The attached configuration group's settings (name -> normalised value), written after
+    # the platform's own settings at every start.
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 class StateStore:

@@ -33,13 +33,27 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
-from events.guest import GuestStatus, PrepareRequested, ResizeRequested, RestoreSpec
+from events.base import Event
+from events.guest import (
+    GuestStatus,
+    PrepareRequested,
+    ResizeRequested,
+    RestoreSpec,
+    UpgradeRequested,
+)
 from guest_agent.backup import engine_for
 from guest_agent.backup.restore import restore_data_dir
-from guest_agent.datastores.base import Datastore, NotReady, new_admin_password
+from guest_agent.datastores.base import (
+    Datastore,
+    DatastoreError,
+    InvalidRequest,
+    NotReady,
+    new_admin_password,
+)
 from guest_agent.process import (
     REDACTOR,
     check_traversable,
@@ -103,6 +117,7 @@ class Snapshot:
     restarts: int
     datastore_version: str | None
     backup_id: str | None = None
+    running_version: str | None = None
 
 
 class Supervisor:
@@ -142,7 +157,8 @@ class Supervisor:
         with self._lock:
             proc = self._proc
             pid = proc.pid if proc is not None and proc.poll() is None else None
-            return Snapshot(self._status, self._description, pid, self._restarts, self._version, self._backup_id)
+            return Snapshot(self._status, self._description, pid, self._restarts, self._version, self._backup_id,
+                            self.store.state.requested_version)
 
     @property
     def status(self) -> GuestStatus:
@@ -172,8 +188,15 @@ class Supervisor:
         """Clean up after a previous agent, restore the desired state, start monitoring."""
         self.store.update(agent_pid=os.getpid())
         if self.store.state.prepared:
-            # Same binaries as at prepare time (matters when several majors are installed).
-            self.ds.use_version(self.store.state.requested_version)
+            # Same binaries as last time (several majors installed, or after an upgrade).
+            try:
+                if self.store.state.bin_dir:
+                    self.ds.use_binaries(self.store.state.bin_dir)
+                else:
+                    self.ds.use_version(self.store.state.requested_version)
+                self._version = self.ds.version()
+            except DatastoreError as exc:
+                log.error("the recorded binaries are gone (%s); using %s", exc, self.ds.binaries())
         leftover = self.ds.leftover_server_pid()
         if leftover is not None:
             # Adopting a server we cannot waitpid() would weaken supervision; a clean
@@ -214,20 +237,36 @@ class Supervisor:
             self._op = op
             return True
 
-    def submit(self, op: str, event: PrepareRequested | ResizeRequested | None = None) -> bool:
+    def submit(self, op: str, event: Event | None = None) -> bool:
         """Start an operation in the background. True: started; False: duplicate (no-op)."""
         if self._closing.is_set():
             raise Busy("the guest agent is shutting down")
+        overrides = getattr(event, "overrides", None)
+        if overrides is not None:
+            self.ds.check_overrides(overrides)  # InvalidRequest before anything is claimed
+
+        def converged(action: Callable[[], None]) -> Callable[[], None]:
+            # A command that (re)starts the server carries the control plane's overrides.
+            def run() -> None:
+                if overrides is not None and op != "prepare":
+                    self.store.update(overrides=dict(overrides))
+                action()
+            return run
+
         actions: dict[str, Callable[[], None]] = {
-            "restart": self._do_restart,
+            "restart": converged(self._do_restart),
             "stop": self._do_stop,
-            "start": self._do_start,
+            "start": converged(self._do_start),
         }
+        if op == "upgrade":
+            assert isinstance(event, UpgradeRequested)
+            upgrade = event
+            self._check_upgrade(upgrade)  # InvalidRequest (400) before anything is claimed
+            actions["upgrade"] = converged(lambda: self._do_upgrade(upgrade))
         if op == "resize":
             assert isinstance(event, ResizeRequested)
             resize = event
-            action_: Callable[[], None] = lambda: self._do_resize(resize)
-            actions["resize"] = action_
+            actions["resize"] = converged(lambda: self._do_resize(resize))
         if op == "prepare":
             assert isinstance(event, PrepareRequested)
             # Register passwords before anything can log them.
@@ -270,6 +309,21 @@ class Supervisor:
             if self._backup_id == backup_id:
                 self._backup_id = None
                 self._on_change(self.snapshot())
+
+    def update_overrides(self, overrides: dict[str, Any], restart_required: list[str]) -> tuple[list[str], list[str]]:
+        """Make `overrides` the configuration group's settings: persist, rewrite the file,
+        apply live. On any failure the previous settings are restored (file and state)."""
+        self.ds.check_overrides(overrides)
+        with self.sql_access() as ds, self._proc_lock:
+            before = replace(self.store.state, overrides=dict(self.store.state.overrides))
+            after = self.store.update(overrides=dict(overrides))
+            try:
+                ds.write_config(after)
+                return ds.apply_overrides(before, replace(after), set(restart_required))
+            except Exception:
+                self.store.update(overrides=before.overrides)
+                ds.write_config(self.store.state)
+                raise
 
     @contextmanager
     def sql_access(self) -> Iterator[Datastore]:
@@ -327,6 +381,7 @@ class Supervisor:
             return
         self.ds.check_names(event.databases, event.users)
         self.store.update(
+            overrides=dict(event.overrides),
             ram_mb=event.flavor.ram_mb,
             vcpus=event.flavor.vcpus,
             requested_version=event.version,
@@ -402,6 +457,40 @@ class Supervisor:
             self._start_server()
         else:
             self._on_change(self.snapshot())  # report the new volume size at once
+
+    def _check_upgrade(self, event: UpgradeRequested) -> None:
+        location = event.location or self.ds.binaries()
+        found = self.ds.binaries_version(location)
+        current = self._version or self.ds.version()
+        if self.ds.major(found) != self.ds.major(current):
+            raise InvalidRequest(
+                f"{location} holds {self.ds.name} {found}; the data directory is for {current}: "
+                "a major version change is not an upgrade this agent performs"
+            )
+
+    def _do_upgrade(self, event: UpgradeRequested) -> None:
+        """Stop, switch binaries, start; if the new server does not come up, the old
+        binaries start again on the same data (the heartbeat then names the old version)."""
+        state = self.store.state
+        old_location, old_version = self.ds.binaries(), state.requested_version
+        new_location = event.location or old_location
+        self._set_status(GuestStatus.RESTARTING, f"upgrading to {event.version}")
+        self._stop_server()
+        self.ds.use_binaries(new_location)
+        self.store.update(bin_dir=new_location, requested_version=event.version)
+        try:
+            self._start_server()
+        except Exception as exc:
+            log.error("the server did not start on %s (%s): going back to %s", new_location, exc, old_location)
+            self._stop_server()
+            self.ds.use_binaries(old_location)
+            self.store.update(bin_dir=old_location, requested_version=old_version)
+            self._start_server(report_healthy=False)
+            self._version = self.ds.server_version(self.store.state) or self.ds.version()
+            self._set_status(GuestStatus.HEALTHY, f"upgrade to {event.version} failed: {exc}")
+            return
+        self._version = self.ds.server_version(self.store.state) or self.ds.version()
+        self._set_status(GuestStatus.HEALTHY, "")
 
     def _do_restart(self) -> None:
         self._set_status(GuestStatus.RESTARTING, "restarting on request")

@@ -5,14 +5,14 @@ from __future__ import annotations
 import functions_framework
 
 from functions.api._http import ApiRequest, api
-from functions.core import admin_actions, instances, resizing
+from functions.core import admin_actions, configurations, instances, resizing, upgrades
 from functions.core import instance_views as views
 from functions.core.errors import BadRequest, NotImplementedFeature
 from functions.core.models.base import utcnow
 from functions.core.schemas import parse
 from functions.core.schemas.instances import InstanceCreate, InstanceUpdate
 from functions.core.views import next_link
-from functions.runtime import unit_of_work
+from functions.runtime import runtime, unit_of_work
 
 BASE = "/v1.0/{project_id}/instances"
 
@@ -62,8 +62,16 @@ def show_instance(req: ApiRequest):  # type: ignore[no-untyped-def]
 
 def _update(req: ApiRequest):  # type: ignore[no-untyped-def]
     body = parse(InstanceUpdate, req.json(), "instance")
+    instance_id = req.params["instance_id"]
     with unit_of_work() as work:
-        instances.update(work.session, req.project_id, req.params["instance_id"], body)
+        change = instances.update(work.session, req.project_id, instance_id, body)
+    rt = runtime()
+    if change == "configuration":
+        configurations.change_instance(rt.transaction, rt.guest, req.project_id, instance_id, body.configuration,
+                                       attach=body.configuration is not None)
+    elif change == "datastore_version":
+        with unit_of_work() as work:
+            work.emit(upgrades.start(work.session, req.project_id, instance_id, body.datastore_version or ""))
     return 202, None
 
 

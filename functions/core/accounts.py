@@ -56,7 +56,7 @@ def target(session: Session, project_id: str, instance_id: str) -> Target:
     return Target(inst.id, address, bytes.fromhex(inst.encrypted_key), names.kind_of(row.version.manager))
 
 
-def _call(guest: Guest, t: Target, command: Event, expect: type[Event]) -> Event:
+def call(guest: Guest, t: Target, command: Event, expect: type[Event]) -> Event:
     try:
         reply = guest.send(t.instance_id, t.address, t.secret, command)
     except GuestError as exc:
@@ -80,7 +80,7 @@ def _call(guest: Guest, t: Target, command: Event, expect: type[Event]) -> Event
 
 
 def list_databases(guest: Guest, t: Target, limit: str | None, marker: str | None) -> tuple[list[dict[str, Any]], str | None]:
-    reply = _call(guest, t, g.ListDatabasesRequested(instance_id=t.instance_id, limit=page_size(limit), marker=marker or None),
+    reply = call(guest, t, g.ListDatabasesRequested(instance_id=t.instance_id, limit=page_size(limit), marker=marker or None),
                   g.DatabasesListed)
     return [{"name": d.name} for d in reply.databases], reply.next_marker  # type: ignore[attr-defined]
 
@@ -102,12 +102,12 @@ def parse_databases(kind: str, body: Any) -> list[g.DatabaseSpec]:
 
 
 def create_databases(guest: Guest, t: Target, specs: list[g.DatabaseSpec]) -> None:
-    _call(guest, t, g.CreateDatabasesRequested(instance_id=t.instance_id, databases=specs), g.CommandCompleted)
+    call(guest, t, g.CreateDatabasesRequested(instance_id=t.instance_id, databases=specs), g.CommandCompleted)
 
 
 def delete_database(guest: Guest, t: Target, name: str) -> None:
     name = names.check_database(t.kind, name)
-    _call(guest, t, g.DeleteDatabaseRequested(instance_id=t.instance_id, name=name), g.CommandCompleted)
+    call(guest, t, g.DeleteDatabaseRequested(instance_id=t.instance_id, name=name), g.CommandCompleted)
 
 
 # ---- users -------------------------------------------------------------------------------
@@ -126,13 +126,13 @@ def user_view(user: g.UserInfo) -> dict[str, Any]:
 
 
 def list_users(guest: Guest, t: Target, limit: str | None, marker: str | None) -> tuple[list[dict[str, Any]], str | None]:
-    reply = _call(guest, t, g.ListUsersRequested(instance_id=t.instance_id, limit=page_size(limit), marker=marker or None),
+    reply = call(guest, t, g.ListUsersRequested(instance_id=t.instance_id, limit=page_size(limit), marker=marker or None),
                   g.UsersListed)
     return [user_view(u) for u in reply.users], reply.next_marker  # type: ignore[attr-defined]
 
 
 def show_user(guest: Guest, t: Target, ref: g.UserRef) -> dict[str, Any]:
-    reply = _call(guest, t, g.ShowUserRequested(instance_id=t.instance_id, user=ref), g.UserShown)
+    reply = call(guest, t, g.ShowUserRequested(instance_id=t.instance_id, user=ref), g.UserShown)
     return user_view(reply.user)  # type: ignore[attr-defined]
 
 
@@ -159,11 +159,11 @@ def parse_users(kind: str, body: Any, *, password_required: bool = True) -> list
 
 
 def create_users(guest: Guest, t: Target, specs: list[g.UserSpec]) -> None:
-    _call(guest, t, g.CreateUsersRequested(instance_id=t.instance_id, users=specs), g.CommandCompleted)
+    call(guest, t, g.CreateUsersRequested(instance_id=t.instance_id, users=specs), g.CommandCompleted)
 
 
 def delete_user(guest: Guest, t: Target, ref: g.UserRef) -> None:
-    _call(guest, t, g.DeleteUserRequested(instance_id=t.instance_id, user=ref), g.CommandCompleted)
+    call(guest, t, g.DeleteUserRequested(instance_id=t.instance_id, user=ref), g.CommandCompleted)
 
 
 def update_user(guest: Guest, t: Target, ref: g.UserRef, body: Any) -> None:
@@ -177,13 +177,13 @@ def update_user(guest: Guest, t: Target, ref: g.UserRef, body: Any) -> None:
         password=names.check_password(attrs["password"]) if attrs.get("password") is not None else None,
         host=names.check_host(t.kind, attrs["host"]) if attrs.get("host") is not None else None,
     )
-    _call(guest, t, command, g.CommandCompleted)
+    call(guest, t, command, g.CommandCompleted)
 
 
 def change_passwords(guest: Guest, t: Target, body: Any) -> None:
     specs = parse_users(t.kind, body)
     changes = [g.PasswordChange(name=s.name, host=s.host, password=s.password) for s in specs]
-    _call(guest, t, g.ChangePasswordsRequested(instance_id=t.instance_id, users=changes), g.CommandCompleted)
+    call(guest, t, g.ChangePasswordsRequested(instance_id=t.instance_id, users=changes), g.CommandCompleted)
 
 
 # ---- access ------------------------------------------------------------------------------
@@ -198,12 +198,12 @@ def grant_access(guest: Guest, t: Target, ref: g.UserRef, body: Any) -> None:
     if not isinstance(items, list) or not items or not all(isinstance(d, dict) for d in items):
         raise BadRequest("Validation error: 'databases' must be a non-empty list of objects with a 'name'.")
     dbs = [names.check_database(t.kind, d.get("name")) for d in items]
-    _call(guest, t, g.GrantAccessRequested(instance_id=t.instance_id, user=ref, databases=dbs), g.CommandCompleted)
+    call(guest, t, g.GrantAccessRequested(instance_id=t.instance_id, user=ref, databases=dbs), g.CommandCompleted)
 
 
 def revoke_access(guest: Guest, t: Target, ref: g.UserRef, database: str) -> None:
     name = names.check_database(t.kind, database)
-    _call(guest, t, g.RevokeAccessRequested(instance_id=t.instance_id, user=ref, database=name), g.CommandCompleted)
+    call(guest, t, g.RevokeAccessRequested(instance_id=t.instance_id, user=ref, database=name), g.CommandCompleted)
 
 
 # ---- root --------------------------------------------------------------------------------
@@ -230,7 +230,7 @@ def root_password(body: Any) -> str:
 
 
 def enable_root(guest: Guest, t: Target, password: str) -> str:
-    reply = _call(guest, t, g.EnableRootRequested(instance_id=t.instance_id, password=password), g.RootEnabled)
+    reply = call(guest, t, g.EnableRootRequested(instance_id=t.instance_id, password=password), g.RootEnabled)
     return reply.name  # type: ignore[attr-defined]
 
 
@@ -248,7 +248,7 @@ def require_root_history(session: Session, instance_id: str) -> None:
 
 
 def disable_root(guest: Guest, t: Target) -> None:
-    _call(guest, t, g.DisableRootRequested(instance_id=t.instance_id), g.CommandCompleted)
+    call(guest, t, g.DisableRootRequested(instance_id=t.instance_id), g.CommandCompleted)
 
 
 def record_root_disabled(session: Session, instance_id: str) -> None:
@@ -276,3 +276,12 @@ def _opt(item: dict[str, Any], key: str) -> str | None:
     if not isinstance(value, str) or not value or len(value) > 64 or not all(c.isalnum() or c in "_-." for c in value):
         raise BadRequest(f"Validation error: '{key}' {value!r} is not a valid name.")
     return value
+
+
+# ---- configuration ------------------------------------------------------------------------
+
+
+def default_configuration(guest: Guest, t: Target) -> dict[str, Any]:
+    """Trove's rendered default template: the platform's own settings for the flavor."""
+    reply = call(guest, t, g.ShowConfigurationRequested(instance_id=t.instance_id), g.ConfigurationShown)
+    return dict(sorted(reply.values.items()))  # type: ignore[attr-defined]

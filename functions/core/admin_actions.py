@@ -8,12 +8,14 @@ Non-administrators get 403 (Trove answers 401 for mgmt routes; see the README).
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from events.envelope import Message
 from events.guest import StartRequested, StopRequested
-from functions.core import backup_flow, guards
+from functions.core import backup_flow, config_values, guards
 from functions.core import workflow as runner
 from functions.core.auth import Identity
 from functions.core.errors import BadRequest, Forbidden, NotFound, UnprocessableEntity
@@ -78,22 +80,23 @@ def reboot(session: Session, instance_id: str) -> list[Message]:
     return [first]
 
 
-def power_target(session: Session, instance_id: str) -> tuple[str, str, bytes]:
-    """(instance id, address, key) of an instance whose database may be stopped or started
-    now (ACTIVE, idle, no backup running); 422 otherwise."""
+def power_target(session: Session, instance_id: str) -> tuple[str, str, bytes, dict[str, Any]]:
+    """(instance id, address, key, configuration overrides) of an instance whose database
+    may be stopped or started now (ACTIVE, idle, no backup running); 422 otherwise."""
     inst = _instance(session, instance_id)
     guards.can_perform_action(session, inst, _service(session, inst.id))
     address = (inst.addresses or [{}])[0].get("address")
     if not address or not inst.encrypted_key:
         raise UnprocessableEntity(f"Instance {inst.id} has no address yet.")
-    return inst.id, address, bytes.fromhex(inst.encrypted_key)
+    return inst.id, address, bytes.fromhex(inst.encrypted_key), config_values.overrides_of(session, inst)
 
 
-def send_power(guest: Guest, target: tuple[str, str, bytes], action: str) -> None:
+def send_power(guest: Guest, target: tuple[str, str, bytes, dict[str, Any]], action: str) -> None:
     """Stop or start the database server (the guest answers 202 and reports the result in
     its heartbeats: SHUTDOWN, then HEALTHY). Sent outside any transaction."""
-    instance_id, address, secret = target
-    command = StopRequested(instance_id=instance_id) if action == "stop" else StartRequested(instance_id=instance_id)
+    instance_id, address, secret, overrides = target
+    command = StopRequested(instance_id=instance_id) if action == "stop" \
+        else StartRequested(instance_id=instance_id, overrides=overrides)
     try:
         guest.send(instance_id, address, secret, command)
     except GuestError as exc:

@@ -6,6 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from functions.core.models.configuration import Configuration
 from functions.core.models.datastore import Datastore, DatastoreVersion
 from functions.core.models.instance import Instance, InstanceFault, ServiceStatus
 from functions.core.states import ServiceStatus as SS
@@ -26,6 +27,8 @@ class InstanceRow:
     version: DatastoreVersion
     # A backup of the instance is NEW, BUILDING or SAVING (the instance shows BACKUP).
     backup_running: bool = False
+    # The attached configuration group (id and name for the view), if any.
+    configuration: Configuration | None = None
     fault: InstanceFault | None = None
 
 
@@ -83,6 +86,12 @@ def detail(row: InstanceRow, base_url: str, project: str, now: dt.datetime, *, w
         view["volume"]["used"] = round(used, 2)
         if inst.volume_size:
             view["volume"]["used_percent"] = round(100 * used / inst.volume_size, 2)
+    if row.configuration is not None:
+        view["configuration"] = {
+            "id": row.configuration.id,
+            "name": row.configuration.name,
+            "links": links(base_url, project, "configurations", row.configuration.id),
+        }
     if row.fault is not None and view["status"] == "ERROR":
         view["fault"] = {
             "message": row.fault.message,

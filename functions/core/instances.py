@@ -12,7 +12,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from events.envelope import Message
-from functions.core import backups, catalog, flavors, guards
+from functions.core import backups, catalog, configurations, flavors, guards
 from functions.core import workflow as runner
 from functions.core.errors import (
     BadRequest,
@@ -22,6 +22,7 @@ from functions.core.errors import (
 )
 from functions.core.instance_views import InstanceRow
 from functions.core.models.base import utcnow
+from functions.core.models.configuration import Configuration
 from functions.core.models.datastore import Datastore, DatastoreVersion
 from functions.core.models.instance import Instance, InstanceFault, ServiceStatus
 from functions.core.provisioning import PROVISION, RESTART, TEARDOWN
@@ -43,10 +44,11 @@ RESERVED_USERS = {"postgresql": {"postgres", "os_admin"}, "mariadb": {"root", "o
 def _rows() -> Select[Any]:
     return (
         select(Instance, ServiceStatus, Datastore, DatastoreVersion,
-               guards.backup_running_clause(Instance.id).label("backup_running"))
+               guards.backup_running_clause(Instance.id).label("backup_running"), Configuration)
         .join(DatastoreVersion, DatastoreVersion.id == Instance.datastore_version_id)
         .join(Datastore, Datastore.id == DatastoreVersion.datastore_id)
         .outerjoin(ServiceStatus, ServiceStatus.instance_id == Instance.id)
+        .outerjoin(Configuration, Configuration.id == Instance.configuration_id)
     )
 
 
@@ -83,8 +85,7 @@ def list_rows(session: Session, project_id: str, limit: str | None, marker: str 
 
 def create(session: Session, project_id: str, body: InstanceCreate, now: dt.datetime | None = None) -> tuple[InstanceRow, list[Message]]:
     now = now or utcnow()
-    for field, what in (("replica_of", "Creating replicas"),
-                        ("configuration", "Configuration groups"), ("modules", "Modules")):
+    for field, what in (("replica_of", "Creating replicas"), ("modules", "Modules")):
         if getattr(body, field):
             raise NotImplementedFeature(f"{what} is not available in this release of Troveless yet.")
     if body.replica_count is not None:
@@ -114,6 +115,8 @@ def create(session: Session, project_id: str, body: InstanceCreate, now: dt.date
         backups.check_restore(chain, body.volume.size, version.id, lambda vid: catalog.manager_of(session, vid))
     databases = _check_databases(kind, body)
     users = _check_users(kind, body, {d["name"] for d in databases})
+    config = configurations.check_for_create(session, project_id, body.configuration, version) \
+        if body.configuration else None
 
     instance = Instance(
         name=body.name,
@@ -122,6 +125,7 @@ def create(session: Session, project_id: str, body: InstanceCreate, now: dt.date
         volume_size=body.volume.size,
         volume_type=body.volume.type,
         datastore_version_id=version.id,
+        configuration_id=config.id if config else None,
         task_id=Task.BUILDING,
         task_description=Task.BUILDING.description,
         task_start_time=now,
@@ -149,7 +153,7 @@ def create(session: Session, project_id: str, body: InstanceCreate, now: dt.date
             for b in chain
         ]
     _, first = PROVISION.start(session, resource_id=instance.id, context=context, now=now)
-    return InstanceRow(instance, service, datastore, version), [first]
+    return InstanceRow(instance, service, datastore, version, configuration=config), [first]
 
 
 def _check_databases(kind: str, body: InstanceCreate) -> list[dict[str, Any]]:
@@ -200,16 +204,23 @@ def lock(session: Session, project_id: str, instance_id: str) -> Instance:
     return inst
 
 
-def update(session: Session, project_id: str, instance_id: str, body: InstanceUpdate) -> None:
+def update(session: Session, project_id: str, instance_id: str, body: InstanceUpdate) -> str | None:
+    """Rename now; return the one other change the body asks for ("configuration" for an
+    attach or detach, "datastore_version" for an upgrade), which the caller carries out.
+    As Trove: `name` plus at most one other attribute; an empty body detaches the group."""
     inst = lock(session, project_id, instance_id)
-    others = [f for f in ("configuration", "replica_of", "slave_of", "datastore_version", "access")
-              if f in body.model_fields_set and f != "configuration"]
-    if "configuration" in body.model_fields_set and body.configuration is not None:
-        others.append("configuration")
-    if others:
-        raise NotImplementedFeature(f"Changing {', '.join(others)} is not available in this release of Troveless yet.")
+    fields = body.model_fields_set
+    others = [f for f in ("configuration", "replica_of", "slave_of", "datastore_version", "access") if f in fields]
+    if len(others) > 1:
+        raise BadRequest(f"Only one of {', '.join(others)} can be changed at a time (besides the name).")
+    later = [f for f in others if f in ("replica_of", "slave_of", "access")]
+    if later:
+        raise NotImplementedFeature(f"Changing {', '.join(later)} is not available in this release of Troveless yet.")
     if body.name is not None:
         inst.name = body.name
+    if not fields:
+        return "configuration"  # Trove detaches on an empty update
+    return others[0] if others else None
 
 
 def delete(session: Session, project_id: str, instance_id: str) -> list[Message]:

@@ -24,6 +24,7 @@ from events.guest import (
     UserSpec,
     sign_command,
 )
+from functions.core import config_values
 from functions.core import workflow as runner
 from functions.core.models.base import utcnow
 from functions.core.models.datastore import Datastore, DatastoreVersion, Flavor
@@ -173,6 +174,7 @@ def _prepare_command(ctx: StepContext, inst: Instance) -> PrepareRequested:
         volume_size_gb=inst.volume_size or 1,
         databases=[DatabaseSpec.model_validate(d) for d in ctx.context.get("databases", [])],
         users=[UserSpec.model_validate(u) for u in users],
+        overrides=config_values.overrides_of(ctx.session, inst),
     )
 
 
@@ -268,7 +270,7 @@ TEARDOWN = Workflow(
 def send_restart(ctx: StepContext) -> None:
     inst = _instance(ctx.session, ctx.resource_id or "")
     ctx.context["requested_at"] = format_time(utcnow())
-    _guest_call(ctx, inst, RestartRequested(instance_id=inst.id))
+    _guest_call(ctx, inst, RestartRequested(instance_id=inst.id, overrides=config_values.overrides_of(ctx.session, inst)))
 
 
 def wait_restarted(ctx: StepContext) -> Wait | None:
@@ -324,7 +326,7 @@ def resume_on_heartbeat(session: Session, instance: Instance, status: ServiceSta
     if status.status_id != SS.HEALTHY.code:
         return []
     out: list[Message] = []
-    for run in runner.active_runs(session, instance.id, ("provision", "restart", "resize")):
+    for run in runner.active_runs(session, instance.id, ("provision", "restart", "resize", "upgrade")):
         if run.status != runner.RunStatus.WAITING:
             continue
         if run.workflow == "provision" and run.step == "wait_guest_healthy":
@@ -339,6 +341,12 @@ def resume_on_heartbeat(session: Session, instance: Instance, status: ServiceSta
             from functions.core.resizing import RESIZE
 
             nxt = runner.resume(session, RESIZE, run.id, "wait_resized")
+        elif run.workflow == "upgrade" and run.step == "wait_upgraded" and healthy_since(
+            status, (run.context or {}).get("requested_at")
+        ):
+            from functions.core.upgrades import UPGRADE
+
+            nxt = runner.resume(session, UPGRADE, run.id, "wait_upgraded")
         else:
             continue
         if nxt is not None:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from events.envelope import Message, format_time
 from events.guest import FlavorSpec, ResizeRequested
-from functions.core import flavors, guards
+from functions.core import config_values, flavors, guards
 from functions.core.errors import BadRequest, OverLimit
 from functions.core.models.base import utcnow
 from functions.core.models.instance import Instance, ServiceStatus
@@ -81,7 +81,8 @@ def send_resize(ctx: StepContext) -> None:
     ctx.context["requested_at"] = format_time(utcnow())
     size = ctx.context.get("volume_size")
     _guest_call(ctx, inst, ResizeRequested(instance_id=inst.id, flavor=flavor,
-                                           volume_size_gb=int(size) if size else None))
+                                           volume_size_gb=int(size) if size else None,
+                                           overrides=config_values.overrides_of(ctx.session, inst)))
 
 
 def wait_resized(ctx: StepContext) -> Wait | None:

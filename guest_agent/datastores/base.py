@@ -18,7 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from events.guest import DatabaseInfo, DatabaseSpec, PasswordChange, UserInfo, UserRef, UserSpec
+from events.guest import (
+    DatabaseInfo,
+    DatabaseSpec,
+    PasswordChange,
+    UserInfo,
+    UserRef,
+    UserSpec,
+)
 from guest_agent.process import DbUser, Redactor, pid_alive, process_cmdline
 from guest_agent.settings import Settings
 from guest_agent.state import AgentState
@@ -60,6 +67,8 @@ class NotReady(DatastoreError):
 
 
 T = TypeVar("T")
+# Lower-case setting names, as both catalogs spell them (a dot for extension settings).
+_SETTING_NAME = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
 
 
 def paginate(items: list[T], key: Callable[[T], Any], limit: int, marker: Any | None) -> tuple[list[T], Any | None]:
@@ -187,7 +196,34 @@ class Datastore(ABC):
 
     @abstractmethod
     def write_config(self, state: AgentState) -> None:
-        """(Re)write the server configuration for this flavor, address and port."""
+        """(Re)write the server configuration for this flavor, address and port, then the
+        configuration group's overrides (which win)."""
+
+    # ------------------------------------------------------------ configuration groups
+
+    # Settings the platform owns (addresses, paths, authentication, logging plumbing): the
+    # control plane's catalog leaves them out; checked here again so no command can set them.
+    protected_settings: ClassVar[frozenset[str]] = frozenset()
+
+    def check_overrides(self, overrides: dict[str, Any]) -> None:
+        for name, value in overrides.items():
+            if not _SETTING_NAME.match(name):
+                raise InvalidRequest(f"invalid setting name {name[:80]!r}")
+            if name in self.protected_settings:
+                raise InvalidRequest(f"the setting {name} is managed by the platform")
+            if isinstance(value, str) and any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+                raise InvalidRequest(f"the value of {name} contains control characters")
+
+    @abstractmethod
+    def template_values(self, state: AgentState) -> dict[str, str]:
+        """The platform's own settings for this flavor, as a user would read them
+        (Trove's rendered default configuration)."""
+
+    @abstractmethod
+    def apply_overrides(self, before: AgentState, after: AgentState, restart_required: set[str]) -> tuple[list[str], list[str]]:
+        """The configuration file already holds `after`; make the running server follow it
+        where it can. Returns (applied live, pending restart). InvalidRequest if the server
+        refuses a value (then nothing it changed live stays changed)."""
 
     @abstractmethod
     def server_argv(self) -> list[str]:
@@ -271,6 +307,22 @@ class Datastore(ABC):
     def use_version(self, requested: str | None) -> str | None:
         """Pick binaries for the requested version if several are installed; returns the choice."""
         return None
+
+    @abstractmethod
+    def binaries(self) -> str:
+        """Where the server binary in use is (a directory)."""
+
+    @abstractmethod
+    def binaries_version(self, location: str) -> str:
+        """The version of the server binary in `location` (InvalidRequest if there is none)."""
+
+    @abstractmethod
+    def use_binaries(self, location: str) -> None:
+        """Run the server from `location` from the next start on."""
+
+    def major(self, version: str) -> tuple[int, ...]:
+        """The part of a version that must not change under the same data directory."""
+        return tuple(int(p) for p in re.findall(r"\d+", version))[:1]
 
     def leftover_server_pid(self) -> int | None:
         """Pid of a server still running on our data dir (from a previous agent), if any."""

@@ -28,7 +28,14 @@ from pathlib import Path
 
 import pymysql
 
-from events.guest import DatabaseInfo, DatabaseSpec, PasswordChange, UserInfo, UserRef, UserSpec
+from events.guest import (
+    DatabaseInfo,
+    DatabaseSpec,
+    PasswordChange,
+    UserInfo,
+    UserRef,
+    UserSpec,
+)
 from guest_agent.datastores.base import (
     AlreadyExists,
     Datastore,
@@ -50,8 +57,8 @@ from guest_agent.process import (
     agent_os_user,
     chown_tree,
     ensure_dir,
-    running_as_root,
     run_as,
+    running_as_root,
     write_private,
 )
 from guest_agent.settings import Settings
@@ -60,6 +67,33 @@ from guest_agent.state import AgentState
 log = logging.getLogger(__name__)
 
 DEFAULT_MARIADBD = Path("/usr/sbin/mariadbd")
+_SIZE = re.compile(r"^(\d+)([KMGT]?)$", re.IGNORECASE)
+_SIZE_FACTOR = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _render(value: bool | int | float | str) -> str:
+    """A configuration-group value as an option-file value."""
+    if isinstance(value, bool):
+        return "ON" if value else "OFF"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if "\n" in value or '"' in value:
+        raise InvalidRequest("option values may not contain double quotes or line breaks")
+    return value
+
+
+def _sql_value(text: str | None) -> object:
+    """An option-file value as SET GLOBAL takes it: sizes with a suffix ("512M") as numbers
+    (SET does not take suffixes), numbers unquoted, anything else as a string."""
+    if text is None:
+        return "ON"  # a bare flag
+    match = _SIZE.match(text)
+    if match:
+        return int(match.group(1)) * _SIZE_FACTOR[match.group(2).upper()]
+    try:
+        return float(text) if any(ch in text for ch in ".eE") else text
+    except ValueError:
+        return text
 MAX_DB_NAME = 64
 MAX_USER_NAME = 80  # MariaDB >= 10.0 (MySQL 5.7+ allows only 32)
 MAX_HOST_NAME = 255
@@ -183,6 +217,24 @@ class MariaDB(Datastore):
         self.reserved_users = frozenset({"root", "mariadb.sys", "mysql", "os_admin", "public", self.admin_user.lower()})
         self._version: str | None = None
 
+    def binaries(self) -> str:
+        return str(self.mariadbd.parent)
+
+    def binaries_version(self, location: str) -> str:
+        binary = Path(location) / "mariadbd"
+        if not binary.is_file():
+            raise InvalidRequest(f"no mariadbd in {location}")
+        return parse_version(run_as(self.user, [str(binary), "--version"], timeout=30).split("Ver", 1)[-1])
+
+    def use_binaries(self, location: str) -> None:
+        if not (Path(location) / "mariadbd").is_file():
+            raise InvalidRequest(f"no mariadbd in {location}")
+        self.mariadbd = Path(location) / "mariadbd"
+        self._version = None
+
+    def major(self, version: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in re.findall(r"\d+", version))[:2]  # 10.11
+
     # ------------------------------------------------------------ files and processes
 
     @property
@@ -247,9 +299,23 @@ class MariaDB(Datastore):
             "symbolic-links": "0",
         }
 
+    protected_settings = frozenset({
+        "datadir", "bind_address", "port", "socket", "pid_file", "tmpdir", "skip_name_resolve",
+        "local_infile", "symbolic_links", "user", "basedir", "plugin_dir", "log_error",
+        "secure_file_priv", "skip_networking", "skip_grant_tables", "init_file", "general_log_file",
+        "slow_query_log_file", "log_bin", "log_bin_basename",
+    })
+
+    def effective_config(self, state: AgentState) -> dict[str, str | None]:
+        """The platform's settings, then the group's (replacing the same option, whichever
+        of '-' or '_' it is spelled with)."""
+        values = {key.replace("-", "_"): value for key, value in self.config_values(state).items()}
+        values.update({name: _render(value) for name, value in state.overrides.items()})
+        return values
+
     def write_config(self, state: AgentState) -> None:
         lines = ["# Written by the Troveless guest agent; changes are overwritten.", "[mysqld]"]
-        for key, value in self.config_values(state).items():
+        for key, value in self.effective_config(state).items():
             if value is not None and ("\n" in value or '"' in value):
                 raise DatastoreError(f"unsafe value for {key}: {value!r}")
             if value is None:
@@ -266,6 +332,56 @@ class MariaDB(Datastore):
             # We already setuid in the child; --user makes mariadbd itself insist on it too.
             argv.append(f"--user={self.user.name}")
         return argv
+
+    def template_values(self, state: AgentState) -> dict[str, str]:
+        return {key: "ON" if value is None else value for key, value in self.config_values(state).items()}
+
+    def apply_overrides(self, before: AgentState, after: AgentState, restart_required: set[str]) -> tuple[list[str], list[str]]:
+        """SET GLOBAL every changed setting the server can change live (a removed one goes
+        back to the platform's value, else the server's default); the server's own
+        read-only answer (1238) marks a setting as waiting for the restart."""
+        old, new = self.effective_config(before), self.effective_config(after)
+        changed = sorted(name for name in before.overrides.keys() | after.overrides.keys()
+                         if old.get(name) != new.get(name))
+        applied: list[str] = []
+        pending: list[str] = []
+        undo: list[tuple[str, object]] = []
+        try:
+            conn = self._connect()
+        except (pymysql.MySQLError, OSError) as exc:
+            raise NotReady(f"the server does not answer: {exc}") from exc
+        try:
+            with conn.cursor() as cur:
+                for name in changed:
+                    if name in restart_required:
+                        pending.append(name)
+                        continue
+                    try:
+                        cur.execute(f"SELECT @@GLOBAL.{name}")  # the name matched _SETTING_NAME
+                        previous = cur.fetchone()[0]
+                        if name in new:
+                            cur.execute(f"SET GLOBAL {name} = %s", (_sql_value(new[name]),))
+                        else:
+                            cur.execute(f"SET GLOBAL {name} = DEFAULT")
+                    except pymysql.MySQLError as exc:
+                        if exc.args and exc.args[0] == 1238:  # read-only: a startup option
+                            pending.append(name)
+                            continue
+                        self._undo(cur, undo)
+                        raise InvalidRequest(f"{name}: {exc.args[1] if len(exc.args) > 1 else exc}") from exc
+                    undo.append((name, previous))
+                    applied.append(name)
+        finally:
+            conn.close()
+        return applied, pending
+
+    @staticmethod
+    def _undo(cur: pymysql.cursors.Cursor, undo: list[tuple[str, object]]) -> None:
+        for name, previous in reversed(undo):
+            try:
+                cur.execute(f"SET GLOBAL {name} = %s", (previous,))
+            except pymysql.MySQLError as exc:
+                log.warning("could not restore %s: %s", name, exc)
 
     # ------------------------------------------------------------ SQL
 

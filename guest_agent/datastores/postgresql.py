@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +21,14 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from events.guest import DatabaseInfo, DatabaseSpec, PasswordChange, UserInfo, UserRef, UserSpec
+from events.guest import (
+    DatabaseInfo,
+    DatabaseSpec,
+    PasswordChange,
+    UserInfo,
+    UserRef,
+    UserSpec,
+)
 from guest_agent.datastores.base import (
     AlreadyExists,
     Datastore,
@@ -72,6 +80,22 @@ def installed_bin_dirs() -> list[Path]:
 def _conf_str(value: str) -> str:
     """A postgresql.conf string literal (quotes doubled, backslashes escaped)."""
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _render(value: bool | int | float | str) -> str:
+    """A configuration-group value as a postgresql.conf value. Numbers are in the setting's
+    own unit already (the control plane normalised them)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return _conf_str(value)
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == "'":
+        return value[1:-1].replace("''", "'").replace("\\\\", "\\")
+    return value
 
 
 def _check_identifier(kind: str, name: str) -> None:
@@ -133,6 +157,21 @@ class PostgreSQL(Datastore):
         else:
             log.warning("PostgreSQL %s is not installed; using %s", requested, self.bin_dir)
         return str(self.bin_dir)
+
+    def binaries(self) -> str:
+        return str(self.bin_dir)
+
+    def binaries_version(self, location: str) -> str:
+        binary = Path(location) / "postgres"
+        if not binary.is_file():
+            raise InvalidRequest(f"no PostgreSQL server binary in {location}")
+        return parse_version(run_as(self.user, [str(binary), "--version"], timeout=30))
+
+    def use_binaries(self, location: str) -> None:
+        if not (Path(location) / "postgres").is_file():
+            raise InvalidRequest(f"no PostgreSQL server binary in {location}")
+        self.bin_dir = Path(location)
+        self._version = None
 
     # ------------------------------------------------------------ files and processes
 
@@ -211,9 +250,19 @@ class PostgreSQL(Datastore):
             "log_line_prefix": "'%m [%p] %q%u@%d '",
         }
 
+    protected_settings = frozenset({
+        "listen_addresses", "port", "unix_socket_directories", "unix_socket_group",
+        "unix_socket_permissions", "external_pid_file", "data_directory", "config_file",
+        "hba_file", "ident_file", "logging_collector", "log_destination", "log_directory",
+        "log_filename", "password_encryption", "ssl", "include", "include_dir", "include_if_exists",
+    })
+
     def write_config(self, state: AgentState) -> None:
-        """Rewritten before every start, so a changed address/port/flavor always applies."""
+        """Rewritten before every start, so a changed address/port/flavor always applies;
+        also when a configuration group changes (then the server reloads it)."""
         values = self.config_values(state)
+        # The group's settings replace the platform's line for the same name.
+        values.update({name: _render(value) for name, value in state.overrides.items()})
         body = "# Written by the Troveless guest agent; changes are overwritten.\n"
         body += "".join(f"{key} = {value}\n" for key, value in values.items())
         write_private(self.data_dir / CONFIG_NAME, body, owner=self.user)
@@ -243,6 +292,48 @@ class PostgreSQL(Datastore):
 
     def server_argv(self) -> list[str]:
         return [str(self.bin_dir / "postgres"), "-D", str(self.data_dir)]
+
+    def template_values(self, state: AgentState) -> dict[str, str]:
+        return {name: _unquote(value) for name, value in self.config_values(state).items()}
+
+    def apply_overrides(self, before: AgentState, after: AgentState, restart_required: set[str]) -> tuple[list[str], list[str]]:
+        """Reload the configuration the file now holds; the server itself says which
+        changed settings wait for a restart (pg_settings.pending_restart)."""
+        changed = {name for name in before.overrides.keys() | after.overrides.keys()
+                   if before.overrides.get(name) != after.overrides.get(name)}
+        try:
+            with self._connect() as conn:
+                # pg_file_settings parses the files now: a value the server would refuse is
+                # caught before the reload (which would otherwise skip it with a log line).
+                # A changed restart-only setting shows "could not be applied" there too: those
+                # wait for the restart (the control plane checked their values already).
+                errors = conn.execute(
+                    "SELECT f.name, f.error FROM pg_file_settings f JOIN pg_settings s ON s.name = f.name"
+                    " WHERE f.error IS NOT NULL AND f.name = ANY(%s) AND s.context <> 'postmaster'",
+                    (sorted(changed),),
+                ).fetchall()
+                if errors:
+                    raise InvalidRequest("; ".join(f"{name}: {error}" for name, error in errors))
+                loaded = conn.execute("SELECT pg_conf_load_time()").fetchone()[0]
+                conn.execute("SELECT pg_reload_conf()")
+            self._wait_reloaded(loaded)
+            with self._connect() as conn:
+                pending = {row[0] for row in conn.execute("SELECT name FROM pg_settings WHERE pending_restart")}
+        except psycopg.Error as exc:
+            raise DatastoreError(f"reloading the configuration failed: {exc}") from exc
+        pending |= changed & restart_required
+        return sorted(changed - pending), sorted(pending)
+
+    def _wait_reloaded(self, loaded_before: object, timeout: float = 10.0) -> None:
+        """pg_reload_conf() only signals the postmaster: a new session sees the postmaster's
+        load time once it has re-read the files (and so the new values)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._connect() as conn:
+                if conn.execute("SELECT pg_conf_load_time() > %s", (loaded_before,)).fetchone()[0]:
+                    return
+            time.sleep(0.05)
+        raise DatastoreError("the server did not reload its configuration within 10 s")
 
     # ------------------------------------------------------------ SQL
 

@@ -91,8 +91,11 @@ def test_create_show_list_rename_delete(api) -> None:  # type: ignore[no-untyped
 
     assert api("PUT", f"/instances/{inst['id']}", json={"instance": {"name": "renamed"}}).status_code == 202
     assert api("GET", f"/instances/{inst['id']}").get_json()["instance"]["name"] == "renamed"
+    # Attaching a configuration group needs a running server (the instance is still building).
     r = api("PATCH", f"/instances/{inst['id']}", json={"instance": {"configuration": "c1"}})
-    assert r.status_code == 501
+    assert r.status_code == 422 and "is not ready" in r.get_json()["unprocessableEntity"]["message"]
+    r = api("PUT", f"/instances/{inst['id']}", json={"instance": {"configuration": "c1", "datastore_version": "x"}})
+    assert r.status_code == 400
     r = api("POST", f"/instances/{inst['id']}/action", json={"restart": {}})
     assert r.status_code == 422 and "is not ready" in r.get_json()["unprocessableEntity"]["message"]
     assert api("POST", f"/instances/{inst['id']}/action", json={"explode": {}}).status_code == 400

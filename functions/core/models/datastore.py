@@ -37,7 +37,8 @@ class DatastoreVersion(Base):
     # callers store `name` when no version number is given, as Trove does since Wallaby.
     version: Mapped[str] = mapped_column(String(255))
     manager: Mapped[str] = mapped_column(String(255))
-    image_id: Mapped[str | None] = mapped_column(String(36))
+    # A Glance image id on OpenStack; locally, the directory of the version's server binaries.
+    image_id: Mapped[str | None] = mapped_column(String(255))
     # Comma-separated lists, stored as Trove stores them.
     image_tags: Mapped[str | None] = mapped_column(String(255))
     packages: Mapped[str | None] = mapped_column(Text)
