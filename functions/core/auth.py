@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import string
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,9 @@ class TokenFile:
 
     def issue(self, project_id: str, user_id: str, roles: tuple[str, ...]) -> str:
         """Create a token, write the file atomically (mode 0600) and return the token."""
-        token = secrets.token_urlsafe(24)
+        # Letters and digits only: a token starting with "-" reads as an option to CLIs
+        # (`openstack --os-token -x...` fails), 1 in 32 of token_urlsafe's.
+        token = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
         raw = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {"tokens": {}}
         raw.setdefault("tokens", {})[token] = {"project_id": project_id, "user_id": user_id, "roles": list(roles)}
         self.path.parent.mkdir(parents=True, exist_ok=True)

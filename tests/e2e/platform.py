@@ -96,7 +96,7 @@ class LocalPlatform:
     def osc(self, *args: str, check: bool = True) -> Any:
         """Run `openstack ... database ...` unmodified; parse JSON output when asked (-f json)."""
         argv = [str(BIN / "openstack"), "--os-auth-type", "admin_token",
-                "--os-endpoint", f"{self.base}/v1.0/{self.project}", "--os-token", self.token, *args]
+                "--os-endpoint", f"{self.base}/v1.0/{self.project}", f"--os-token={self.token}", *args]  # a token may start with "-"
         done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=self.env)
         if check:
             assert done.returncode == 0, f"{' '.join(args)}: {done.stderr}\n{self.log()}"
