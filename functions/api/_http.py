@@ -19,7 +19,7 @@ from typing import Any
 
 import flask
 
-from functions.core import errors
+from functions.core import errors, policy
 from functions.core.auth import Identity
 
 log = logging.getLogger("troveless.api")
@@ -148,14 +148,20 @@ class ApiRequest:
 Handler = Callable[[ApiRequest], Any]
 
 
-def api(method: str, path: str, *, auth: bool = True) -> Callable[[Handler], Callable[[flask.Request], flask.Response]]:
+def api(method: str, path: str, *, auth: bool | None = None) -> Callable[[Handler], Callable[[flask.Request], flask.Response]]:
     """Wrap a handler as an HTTP function serving `method path` (see serverless.yaml).
 
-    The handler returns `(status, body)` or `(status, body, headers)` or a flask.Response.
+    Who may call it is the policy table's rule for the handler's name (functions/core/
+    policy.py); `auth=False` only restates a PUBLIC rule. The handler returns
+    `(status, body)` or `(status, body, headers)` or a flask.Response.
     """
     route = compile_path(path)
 
     def decorate(handler: Handler) -> Callable[[flask.Request], flask.Response]:
+        operation = handler.__name__
+        public = policy.rule_for(operation) == policy.Rule.PUBLIC
+        if auth is False and not public:
+            raise ValueError(f"{operation} is declared without auth but its policy rule is not public")
         @functools.wraps(handler)
         def function(request: flask.Request) -> flask.Response:
             try:
@@ -173,8 +179,9 @@ def api(method: str, path: str, *, auth: bool = True) -> Callable[[Handler], Cal
                     url=request.url,
                     host_url=request.host_url.rstrip("/"),
                 )
-                if auth:
-                    api_request.identity = _authenticate(request, api_request.params.get("project_id"))
+                if not public:
+                    api_request.identity = _authenticate(request)
+                    policy.enforce(operation, api_request.identity, api_request.params.get("project_id"))
                 return _to_response(handler(api_request))
             except errors.DomainError as exc:
                 headers = {}
@@ -196,7 +203,7 @@ def api(method: str, path: str, *, auth: bool = True) -> Callable[[Handler], Cal
     return decorate
 
 
-def _authenticate(request: flask.Request, project_id: str | None) -> Identity:
+def _authenticate(request: flask.Request) -> Identity:
     from functions.runtime import runtime
 
     token = request.headers.get("X-Auth-Token")
@@ -205,8 +212,6 @@ def _authenticate(request: flask.Request, project_id: str | None) -> Identity:
     identity = runtime().authenticator.authenticate(token)
     if identity is None:
         raise errors.Unauthorized("The token is not valid.")
-    if project_id is not None and identity.project_id != project_id:
-        raise errors.Forbidden(f"User with tenant id {identity.project_id} cannot access this resource.")
     return identity
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import functions_framework
 
 from functions.api._http import ApiRequest, api
-from functions.core import admin_actions, configurations, instances, resizing, upgrades
+from functions.core import (
+    admin_actions,
+    configurations,
+    instances,
+    policy,
+    resizing,
+    upgrades,
+)
 from functions.core import instance_views as views
 from functions.core.errors import BadRequest, NotImplementedFeature
 from functions.core.models.base import utcnow
@@ -110,7 +117,7 @@ def instance_action(req: ApiRequest):  # type: ignore[no-untyped-def]
         raise NotImplementedFeature(f"The '{name}' action is not available in this release of Troveless yet.")
     if name == "reset_status":
         # Trove's instance:reset_status policy: administrators only, any project's instance.
-        admin_actions.require_admin(req.identity)
+        policy.enforce("instance:reset_status", req.identity, req.project_id)
         with unit_of_work() as work:
             admin_actions.reset_status(work.session, req.params["instance_id"])
         return 202, None
