@@ -5,8 +5,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# A real Keystone for the tests, in its own venv (its pins clash with ours).
+KEYSTONE_VENV  := .venv-keystone
+KEYSTONE_STAMP := $(KEYSTONE_VENV)/.installed
 
-.PHONY: install run up test services bench-cold-start bench-provision bench-backup clean
+.PHONY: install keystone run up test services bench-cold-start bench-provision bench-backup clean
 
 install: $(STAMP)
 
@@ -15,6 +18,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+keystone: $(KEYSTONE_STAMP)
+
+$(KEYSTONE_STAMP): infra/dev/keystone-requirements.txt
+	test -x $(KEYSTONE_VENV)/bin/python || $(PYTHON) -m venv $(KEYSTONE_VENV)
+	$(KEYSTONE_VENV)/bin/python -m pip install --quiet -r infra/dev/keystone-requirements.txt
+	touch $(KEYSTONE_STAMP)
 
 run: install
 	bash infra/dev/run.sh
@@ -25,7 +35,7 @@ up: install
 services:
 	bash infra/dev/ensure-services.sh
 
-test: install services
+test: install keystone services
 	$(BIN)/python -m pytest -q
 
 bench-cold-start: install
@@ -38,4 +48,4 @@ bench-backup: install services
 	$(BIN)/python bench/backup.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(KEYSTONE_VENV) .pytest_cache
