@@ -281,6 +281,11 @@ class _StatusFields(Event):
     backup_id: str | None = None
     # The datastore version (as the control plane names it) whose binaries the server runs.
     running_version: str | None = None
+    # The datastore's own figures, sampled every half minute or so off the heartbeat thread
+    # (None: not sampled yet, or the server did not answer): client connections, and the
+    # total size of its databases in bytes. Exported as metrics by the control plane.
+    connections: int | None = None
+    database_size_bytes: int | None = None
 
 
 class GuestHeartbeat(_StatusFields):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from events import guest
+from events import guest, notifications
 from events.base import Event
 from events.envelope import Message
 from events.errors import InvalidEventData, UnknownEventType
@@ -92,5 +92,6 @@ for _model in (
     guest.ConfigurationApplied,
     guest.ShowConfigurationRequested,
     guest.ConfigurationShown,
+    *notifications.ALL,
 ):
     register(_model)

@@ -56,6 +56,10 @@ class Runtime:
 
     @cached_property
     def authenticator(self) -> Authenticator:
+        if self.settings.keystone is not None:  # TROVELESS_AUTH=keystone
+            from functions.drivers.keystone_auth import KeystoneAuthenticator
+
+            return KeystoneAuthenticator(self.settings.keystone)
         from functions.core.auth import TokenFile
 
         return TokenFile(self.settings.token_file)
@@ -118,7 +122,13 @@ def runtime() -> Runtime:
     if _runtime is None:
         with _runtime_lock:
             if _runtime is None:
-                _runtime = Runtime(Settings.from_env())
+                settings = Settings.from_env()
+                from functions.core import logs
+
+                # A function running alone (functions-framework, Knative) logs in the chosen
+                # format; a host that configured logging itself (`troveless up`) is left alone.
+                logs.configure(settings.log_format, force=False)
+                _runtime = Runtime(settings)
     return _runtime
 
 
@@ -150,4 +160,7 @@ def unit_of_work() -> Iterator[Work]:
     with rt.transaction() as session:
         work = Work(session)
         yield work
-    rt.relay(work.outbox_ids)
+    from functions.core import outbox
+
+    # Also what code below the handler wrote straight to the outbox (notifications, ...).
+    rt.relay(sorted(set(work.outbox_ids) | set(outbox.enqueued(session))))

@@ -15,13 +15,14 @@ OUTBOX_GRACE_S = 5.0
 @functions_framework.http
 def sweep_workflows(request):  # type: ignore[no-untyped-def]
     """Re-emit due step events and compensate runs past their deadline; settle instances a
-    dying API function left applying a configuration group."""
+    dying API function left applying a configuration group; drop ended rate-limit windows."""
 
     def apply(work, _m, _e):  # type: ignore[no-untyped-def]
-        from functions.core import configurations
+        from functions.core import configurations, rate_limits
 
         work.emit(workflow.sweep(work.session))
         configurations.recover_interrupted(work.session)
+        rate_limits.purge(work.session)
 
     return eventfn.handle(request, apply)
 

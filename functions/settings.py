@@ -9,6 +9,7 @@ from pathlib import Path
 DATA_DIR_ENV = "TROVELESS_DATA_DIR"
 DATABASE_URL_ENV = "TROVELESS_DATABASE_URL"
 TOKEN_FILE_ENV = "TROVELESS_TOKEN_FILE"
+LOG_FORMAT_ENV = "TROVELESS_LOG_FORMAT"
 
 
 def default_data_dir() -> Path:
@@ -18,6 +19,15 @@ def default_data_dir() -> Path:
         return Path("/var/lib/troveless")
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "troveless"
+
+
+def log_format_from_env() -> str:
+    """`text` (default: one readable line per record) or `json` (one JSON object per line,
+    with the request and event ids: what a log collector wants; see functions/core/logs.py)."""
+    value = (os.environ.get(LOG_FORMAT_ENV) or "text").strip().lower()
+    if value not in ("text", "json"):
+        raise ValueError(f"{LOG_FORMAT_ENV} must be 'text' or 'json', not {value!r}")
+    return value
 
 
 def _flag(value: str | None) -> bool:
@@ -59,6 +69,91 @@ class BackupSettings:
         )
 
 
+# LimitSettings from the environment: Trove's option names, prefixed.
+LIMIT_ENV = {
+    "max_instances": "TROVELESS_MAX_INSTANCES_PER_TENANT",
+    "max_ram_mb": "TROVELESS_MAX_RAM_PER_TENANT",
+    "max_volumes_gb": "TROVELESS_MAX_VOLUMES_PER_TENANT",
+    "max_backups": "TROVELESS_MAX_BACKUPS_PER_TENANT",
+    "http_get_rate": "TROVELESS_HTTP_GET_RATE",
+    "http_post_rate": "TROVELESS_HTTP_POST_RATE",
+    "http_put_rate": "TROVELESS_HTTP_PUT_RATE",
+    "http_delete_rate": "TROVELESS_HTTP_DELETE_RATE",
+    "http_mgmt_post_rate": "TROVELESS_HTTP_MGMT_POST_RATE",
+}
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """Quota defaults per project (Trove's max_*_per_tenant; -1 = unlimited; per-project
+    overrides live in the `quotas` table) and API rate limits (Trove's http_*_rate: requests
+    per minute per project, shared by every function instance; 0 or -1 = off)."""
+
+    max_instances: int = 10
+    max_ram_mb: int = -1
+    max_volumes_gb: int = 40
+    max_backups: int = 50
+    http_get_rate: int = 200
+    http_post_rate: int = 200
+    http_put_rate: int = 200
+    http_delete_rate: int = 200
+    http_mgmt_post_rate: int = 200
+
+    @classmethod
+    def from_env(cls) -> LimitSettings:
+        values = {}
+        for name, var in LIMIT_ENV.items():
+            raw = (os.environ.get(var) or "").strip()
+            if raw:
+                try:
+                    values[name] = int(raw)
+                except ValueError:
+                    raise ValueError(f"{var} must be an integer, not {raw!r}") from None
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class KeystoneSettings:
+    """TROVELESS_AUTH=keystone: tokens are validated by a Keystone v3 with the service user's
+    own token (keystonemiddleware's job in Trove). The password is read from the environment
+    only and never shown (repr=False)."""
+
+    # Keystone's base URL; a trailing /v3 is accepted (the OS_AUTH_URL form).
+    url: str
+    username: str
+    password: str = field(repr=False)
+    project: str = "service"
+    user_domain: str = "Default"
+    project_domain: str = "Default"
+    # A validated token is trusted for this long (at most until it expires): a token revoked
+    # in Keystone is still accepted for up to this many seconds.
+    cache_ttl_s: float = 60.0
+
+    @classmethod
+    def from_env(cls) -> KeystoneSettings:
+        env = os.environ.get
+        missing = [name for name in ("TROVELESS_KEYSTONE_URL", "TROVELESS_KEYSTONE_USERNAME",
+                                     "TROVELESS_KEYSTONE_PASSWORD") if not env(name)]
+        if missing:
+            raise ValueError(f"TROVELESS_AUTH=keystone needs {', '.join(missing)}")
+        return cls(
+            url=env("TROVELESS_KEYSTONE_URL", ""),
+            username=env("TROVELESS_KEYSTONE_USERNAME", ""),
+            password=env("TROVELESS_KEYSTONE_PASSWORD", ""),
+            project=env("TROVELESS_KEYSTONE_PROJECT") or "service",
+            user_domain=env("TROVELESS_KEYSTONE_USER_DOMAIN") or "Default",
+            project_domain=env("TROVELESS_KEYSTONE_PROJECT_DOMAIN") or "Default",
+            cache_ttl_s=float(env("TROVELESS_KEYSTONE_CACHE_TTL") or 60),
+        )
+
+
+def auth_from_env() -> str:
+    auth = (os.environ.get("TROVELESS_AUTH") or "tokenfile").strip().lower()
+    if auth not in ("tokenfile", "keystone"):
+        raise ValueError(f"TROVELESS_AUTH must be 'tokenfile' or 'keystone', not {auth!r}")
+    return auth
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -68,12 +163,19 @@ class Settings:
     # Seconds between guest heartbeats (the local compute driver passes it to each agent).
     heartbeat_interval_s: float = 5.0
     backups: BackupSettings = field(default_factory=lambda: BackupSettings(store="file", directory=Path("backups")))
+    # TROVELESS_LOG_FORMAT: "text" or "json".
+    log_format: str = "text"
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    # TROVELESS_AUTH: "tokenfile" (the local token file) or "keystone" (then `keystone` is set).
+    auth: str = "tokenfile"
+    keystone: KeystoneSettings | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
         from events.publisher import sink_url_from_env
 
         data_dir = Path(os.environ.get(DATA_DIR_ENV) or default_data_dir()).expanduser()
+        auth = auth_from_env()
         return cls(
             data_dir=data_dir,
             database_url=os.environ.get(DATABASE_URL_ENV) or f"sqlite:///{data_dir / 'troveless.db'}",
@@ -81,4 +183,8 @@ class Settings:
             broker_url=sink_url_from_env(),
             heartbeat_interval_s=float(os.environ.get("TROVELESS_HEARTBEAT_INTERVAL", "5")),
             backups=BackupSettings.from_env(data_dir),
+            log_format=log_format_from_env(),
+            limits=LimitSettings.from_env(),
+            auth=auth,
+            keystone=KeystoneSettings.from_env() if auth == "keystone" else None,
         )

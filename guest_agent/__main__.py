@@ -20,7 +20,7 @@ from events.publisher import HttpPublisher
 from guest_agent.backup import engine_for
 from guest_agent.backup.runner import BackupRunner
 from guest_agent.datastores import REGISTRY, DatastoreError
-from guest_agent.heartbeat import EventFactory, Heartbeater
+from guest_agent.heartbeat import DatastoreStats, EventFactory, Heartbeater
 from guest_agent.memory import fix_mmap_threshold
 from guest_agent.process import REDACTOR, ProcessError, pid_alive, process_cmdline, resolve_db_user, write_private
 from guest_agent.server import CommandApp, run_user_data, serve
@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         settings.datastore, settings.address, settings.agent_port, settings.db_port, db_user.name, os.getpid(),
     )
 
-    factory = EventFactory(settings, secret, lambda: store.state.volume_size_gb or settings.volume_size_gb)
+    factory = EventFactory(settings, secret, lambda: store.state.volume_size_gb or settings.volume_size_gb,
+                           stats=DatastoreStats(datastore.stats))
     publisher = HttpPublisher(settings.broker_url, timeout_s=min(5.0, max(1.0, settings.heartbeat_interval * 2))) if settings.broker_url else None
     if publisher is None:
         log.warning("no --broker-url: heartbeats are not sent")

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from events.base import Event
 from events.envelope import Message
-from events.guest import GuestHeartbeat, GuestStatusReported, guest_source, instance_key
+from events.guest import GuestHeartbeat, GuestStatus, GuestStatusReported, guest_source, instance_key
 from events.publisher import Publisher
 from events.replay import SequenceCounter, format_sequence
 from events.signing import sign
@@ -35,6 +35,44 @@ log = logging.getLogger(__name__)
 GIB = 1024**3
 EVENT_ATTEMPTS = 3
 EVENT_RETRY_S = 1.0
+# The datastore's own figures (connections, database size) are sampled this often at most.
+STATS_INTERVAL_S = 30.0
+
+
+class DatastoreStats:
+    """The datastore's figures for heartbeats, sampled off the heartbeat thread.
+
+    `current()` never blocks: it returns the last sample and, when that is older than the
+    interval, starts one refresh in a daemon thread (the queries are bounded anyway, but a
+    slow server must not delay a heartbeat). Figures are forgotten while the server is not
+    healthy, so a crashed server does not keep reporting its last connection count."""
+
+    def __init__(self, sample: Callable[[], tuple[int, int] | None], interval_s: float = STATS_INTERVAL_S) -> None:
+        self.sample = sample
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._values: tuple[int, int] | None = None
+        self._sampled_at = float("-inf")
+        self._busy = False
+
+    def current(self, healthy: bool = True) -> tuple[int | None, int | None]:
+        with self._lock:
+            if not healthy:
+                self._values, self._sampled_at = None, float("-inf")
+            elif not self._busy and time.monotonic() - self._sampled_at >= self.interval_s:
+                self._busy = True
+                threading.Thread(target=self._refresh, name="datastore-stats", daemon=True).start()
+            values = self._values
+        return values if values is not None else (None, None)
+
+    def _refresh(self) -> None:
+        try:
+            values = self.sample()
+        except Exception:  # never let a sampling bug take the heartbeat down
+            log.exception("cannot sample the datastore's figures")
+            values = None
+        with self._lock:
+            self._values, self._sampled_at, self._busy = values, time.monotonic(), False
 
 
 class EventFactory:
@@ -45,8 +83,10 @@ class EventFactory:
         settings: Settings,
         secret: bytes,
         volume_size_gb: Callable[[], int] | None = None,
+        stats: DatastoreStats | None = None,
     ) -> None:
         self.settings = settings
+        self.stats = stats
         self.key = instance_key(settings.instance_id, secret)
         self.source = guest_source(settings.instance_id)
         self.counter = SequenceCounter()
@@ -54,6 +94,9 @@ class EventFactory:
         self.volume_size_gb = volume_size_gb or (lambda: settings.volume_size_gb)
 
     def _fields(self, snap: Snapshot) -> dict[str, object]:
+        connections, database_size = (
+            self.stats.current(snap.status == GuestStatus.HEALTHY) if self.stats is not None else (None, None)
+        )
         return {
             "instance_id": self.settings.instance_id,
             "status": snap.status,
@@ -66,6 +109,8 @@ class EventFactory:
             "restarts": snap.restarts,
             "backup_id": snap.backup_id,
             "running_version": snap.running_version,
+            "connections": connections,
+            "database_size_bytes": database_size,
         }
 
     def _sign(self, event: Event) -> Message:

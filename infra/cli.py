@@ -38,12 +38,11 @@ def _use_environment(args: argparse.Namespace) -> Path:
 
 
 def _configure_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+    from functions.core import logs
+
+    # TROVELESS_LOG_FORMAT=json: one JSON object per line, with request and event ids.
+    logs.configure(fsettings.log_format_from_env(), level=logging.DEBUG if verbose else logging.INFO,
+                   stream=sys.stderr)
     for noisy in ("httpx", "httpcore", "alembic", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -94,25 +93,43 @@ def cmd_up(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    # The token exists before the gateway answers, so whoever sees it up can use it.
     data_dir.mkdir(parents=True, exist_ok=True)
-    project, token = ensure_default_token(data_dir / "tokens.json")
+    try:
+        keystone = fsettings.KeystoneSettings.from_env() if fsettings.auth_from_env() == "keystone" else None
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 1
+    # The token exists before the gateway answers, so whoever sees it up can use it
+    # (with Keystone there is no local token: Keystone issues them).
+    if keystone is None:
+        project, token = ensure_default_token(data_dir / "tokens.json")
     try:
         platform.start()
     except (AlreadyRunning, RuntimeError) as exc:
         log.error("%s", exc)
         platform.stop()
         return 1
-    endpoint = f"{platform.urls['gateway']}/v1.0/{project}"
-    print(
-        "\nTroveless is up. Point the OpenStack client at it:\n\n"
-        f"  export OS_AUTH_TYPE=admin_token OS_ENDPOINT={endpoint} OS_TOKEN={token}\n"
-        "  openstack database flavor list\n\n"
-        "or in one line:\n"
-        f"  openstack --os-auth-type admin_token --os-endpoint {endpoint} --os-token {token} database flavor list\n\n"
-        f"data: {data_dir}   stop: Ctrl-C\n",
-        flush=True,
-    )
+    if keystone is not None:
+        print(
+            f"\nTroveless is up; tokens are validated by Keystone at {keystone.url} (as {keystone.username}).\n"
+            "Register it in Keystone's catalog, then use the client as with any cloud:\n\n"
+            "  openstack service create --name trove database\n"
+            f"  openstack endpoint create --region RegionOne database public '{platform.urls['gateway']}/v1.0/%(tenant_id)s'\n"
+            "  openstack database flavor list\n\n"
+            f"data: {data_dir}   stop: Ctrl-C\n",
+            flush=True,
+        )
+    else:
+        endpoint = f"{platform.urls['gateway']}/v1.0/{project}"
+        print(
+            "\nTroveless is up. Point the OpenStack client at it:\n\n"
+            f"  export OS_AUTH_TYPE=admin_token OS_ENDPOINT={endpoint} OS_TOKEN={token}\n"
+            "  openstack database flavor list\n\n"
+            "or in one line:\n"
+            f"  openstack --os-auth-type admin_token --os-endpoint {endpoint} --os-token {token} database flavor list\n\n"
+            f"data: {data_dir}   stop: Ctrl-C\n",
+            flush=True,
+        )
     if not args.no_selfcheck:
         threading.Thread(target=_startup_selfcheck, name="selfcheck", daemon=True).start()
     stop.wait()
@@ -276,7 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--user")
     tok.add_argument("--admin", action="store_true")
     tok.set_defaults(func=cmd_token)
+    oa = sub.add_parser("openapi", help="regenerate functions/api/openapi.json from serverless.yaml and the models")
+    oa.add_argument("--out", help="write here instead")
+    oa.set_defaults(func=cmd_openapi)
     return parser
+
+
+def cmd_openapi(args: argparse.Namespace) -> int:
+    from infra import openapi
+
+    print(openapi.write(Path(args.out)) if args.out else openapi.write())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

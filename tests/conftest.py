@@ -17,6 +17,7 @@ from sqlalchemy import Engine, make_url
 
 from functions.core import db as dbmod
 from functions.core import migrate
+from tests.keystone.server import keystone  # noqa: F401 - session fixture: a real Keystone, started on first use
 
 PG_ADMIN_URL = os.environ.get(
     "TROVELESS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import flask
+from pydantic import BaseModel
 
-from functions.core import errors, policy
+from functions.api._observe import observed
+from functions.core import context, errors, policy
 from functions.core.auth import Identity
 
 log = logging.getLogger("troveless.api")
@@ -98,7 +100,7 @@ def compile_path(template: str) -> re.Pattern[str]:
     pattern = ""
     pos = 0
     for match in _PARAM.finditer(template):
-        pattern += re.escape(template[pos : match.start()]) + f"(?P<{match.group(1)}>[^/]+)"
+        pattern += re.escape(template[pos : match.start()]) + f"(?P<{match.group(1)}>[^/\x00-\x1f\x7f]+)"
         pos = match.end()
     pattern += re.escape(template[pos:].rstrip("/"))
     return re.compile(f"^{pattern}/?$")
@@ -116,6 +118,7 @@ class ApiRequest:
     url: str
     host_url: str
     identity: Identity | None = None
+    model: tuple[str, type[BaseModel]] | None = None
     _body: Any = field(default=None, repr=False)
 
     @property
@@ -133,6 +136,16 @@ class ApiRequest:
                 raise errors.BadRequest(f"Malformed request body: {exc}") from exc
         return self._body
 
+    def body(self) -> Any:
+        """The body validated against the route's declared `(root, Model)` (400 naming each
+        problem), as the OpenAPI document describes it."""
+        from functions.core.schemas import parse
+
+        if self.model is None:
+            raise TypeError("this route declares no request body model")
+        root, model = self.model
+        return parse(model, self.json(), root)
+
     def json_object(self, root: str | None = None) -> dict[str, Any]:
         body = self.json()
         if not isinstance(body, dict):
@@ -148,12 +161,15 @@ class ApiRequest:
 Handler = Callable[[ApiRequest], Any]
 
 
-def api(method: str, path: str, *, auth: bool | None = None) -> Callable[[Handler], Callable[[flask.Request], flask.Response]]:
+def api(method: str, path: str, *, auth: bool | None = None,
+        body: tuple[str, type[BaseModel]] | None = None) -> Callable[[Handler], Callable[[flask.Request], flask.Response]]:
     """Wrap a handler as an HTTP function serving `method path` (see serverless.yaml).
 
     Who may call it is the policy table's rule for the handler's name (functions/core/
-    policy.py); `auth=False` only restates a PUBLIC rule. The handler returns
-    `(status, body)` or `(status, body, headers)` or a flask.Response.
+    policy.py); `auth=False` only restates a PUBLIC rule. `body=(root, Model)`: the request
+    body is `{root: Model}`, validated by `req.body()`, and the same model describes it in
+    the OpenAPI document (infra/openapi.py). The handler returns `(status, body)` or
+    `(status, body, headers)` or a flask.Response.
     """
     route = compile_path(path)
 
@@ -178,9 +194,11 @@ def api(method: str, path: str, *, auth: bool | None = None) -> Callable[[Handle
                     raw_body=request.get_data(),
                     url=request.url,
                     host_url=request.host_url.rstrip("/"),
+                    model=body,
                 )
                 if not public:
                     api_request.identity = _authenticate(request)
+                    _rate_limit(api_request.identity, request)
                     policy.enforce(operation, api_request.identity, api_request.params.get("project_id"))
                 return _to_response(handler(api_request))
             except errors.DomainError as exc:
@@ -198,9 +216,19 @@ def api(method: str, path: str, *, auth: bool | None = None) -> Callable[[Handle
                 )
 
         function.route = (method, path)  # type: ignore[attr-defined]
-        return function
+        function.request_body = body  # type: ignore[attr-defined]
+        function.public = public  # type: ignore[attr-defined]
+        return observed(function, path)  # request id, metrics (functions/api/_observe.py)
 
     return decorate
+
+
+def _rate_limit(identity: Identity, request: flask.Request) -> None:
+    """Count the request against the caller's project (functions/core/rate_limits.py: one
+    short transaction in the shared database; 413 with Retry-After when used up)."""
+    from functions.core import rate_limits
+
+    rate_limits.hit(identity.project_id, request.method, request.path)
 
 
 def _authenticate(request: flask.Request) -> Identity:
@@ -212,6 +240,7 @@ def _authenticate(request: flask.Request) -> Identity:
     identity = runtime().authenticator.authenticate(token)
     if identity is None:
         raise errors.Unauthorized("The token is not valid.")
+    context.set_identity(identity.project_id, identity.user_id)
     return identity
 
 

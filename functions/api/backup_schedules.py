@@ -7,7 +7,6 @@ import functions_framework
 
 from functions.api._http import ApiRequest, api
 from functions.core import backup_schedules as schedules
-from functions.core.schemas import parse
 from functions.core.schemas.backups import BackupScheduleCreate
 from functions.runtime import unit_of_work
 
@@ -15,9 +14,9 @@ BASE = "/v1.0/{project_id}/backup_schedules"
 
 
 @functions_framework.http
-@api("POST", BASE)
+@api("POST", BASE, body=("backup_schedule", BackupScheduleCreate))
 def create_backup_schedule(req: ApiRequest):  # type: ignore[no-untyped-def]
-    body = parse(BackupScheduleCreate, req.json(), "backup_schedule")
+    body = req.body()
     with unit_of_work() as work:
         row = schedules.create(work.session, req.project_id, body)
         return 200, {"backup_schedule": schedules.view(row)}

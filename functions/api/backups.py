@@ -7,7 +7,6 @@ import functions_framework
 from functions.api._http import ApiRequest, api
 from functions.core import backups
 from functions.core.errors import BadRequest
-from functions.core.schemas import parse
 from functions.core.schemas.backups import BackupCreate, BackupStrategyCreate
 from functions.core.views import next_link
 from functions.runtime import runtime, unit_of_work
@@ -17,9 +16,9 @@ STRATEGIES = "/v1.0/{project_id}/backup_strategies"
 
 
 @functions_framework.http
-@api("POST", BASE)
+@api("POST", BASE, body=("backup", BackupCreate))
 def create_backup(req: ApiRequest):  # type: ignore[no-untyped-def]
-    body = parse(BackupCreate, req.json(), "backup")
+    body = req.body()
     rt = runtime()
     with unit_of_work() as work:
         row, events = backups.create(work.session, req.project_id, body, rt.storage, rt.settings.backups.container)
@@ -79,9 +78,9 @@ def delete_backup(req: ApiRequest):  # type: ignore[no-untyped-def]
 
 
 @functions_framework.http
-@api("POST", STRATEGIES)
+@api("POST", STRATEGIES, body=("backup_strategy", BackupStrategyCreate))
 def create_backup_strategy(req: ApiRequest):  # type: ignore[no-untyped-def]
-    body = parse(BackupStrategyCreate, req.json(), "backup_strategy")
+    body = req.body()
     with unit_of_work() as work:
         row = backups.create_strategy(work.session, req.project_id, body, runtime().storage)
         view = backups.strategy_view(row)

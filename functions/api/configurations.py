@@ -8,7 +8,6 @@ import functions_framework
 from functions.api import _guest
 from functions.api._http import ApiRequest, api
 from functions.core import accounts, configurations
-from functions.core.schemas import parse
 from functions.core.schemas.configurations import (
     ConfigurationCreate,
     ConfigurationEdit,
@@ -23,9 +22,9 @@ PARAMETERS_BY_VERSION = "/v1.0/{project_id}/datastores/versions/{version}/parame
 
 
 @functions_framework.http
-@api("POST", BASE)
+@api("POST", BASE, body=("configuration", ConfigurationCreate))
 def create_configuration(req: ApiRequest):  # type: ignore[no-untyped-def]
-    body = parse(ConfigurationCreate, req.json(), "configuration")
+    body = req.body()
     with runtime().transaction() as session:
         view = configurations.view(configurations.create(session, req.project_id, body))
     return 200, {"configuration": view}
@@ -63,7 +62,7 @@ def list_configuration_instances(req: ApiRequest):  # type: ignore[no-untyped-de
 
 
 def _edit(req: ApiRequest, *, merge: bool) -> None:
-    body = parse(ConfigurationEdit if merge else ConfigurationUpdate, req.json(), "configuration")
+    body = req.body()
     config_id = req.params["configuration_id"]
     rt = runtime()
     with rt.transaction() as session:
@@ -72,14 +71,14 @@ def _edit(req: ApiRequest, *, merge: bool) -> None:
 
 
 @functions_framework.http
-@api("PUT", BASE + "/{configuration_id}")
+@api("PUT", BASE + "/{configuration_id}", body=("configuration", ConfigurationUpdate))
 def update_configuration(req: ApiRequest):  # type: ignore[no-untyped-def]
     _edit(req, merge=False)
     return 202, None
 
 
 @functions_framework.http
-@api("PATCH", BASE + "/{configuration_id}")
+@api("PATCH", BASE + "/{configuration_id}", body=("configuration", ConfigurationEdit))
 def edit_configuration(req: ApiRequest):  # type: ignore[no-untyped-def]
     _edit(req, merge=True)
     return 200, None  # Trove: 200 with an empty body

@@ -16,7 +16,6 @@ from functions.core import (
 from functions.core import instance_views as views
 from functions.core.errors import BadRequest, NotImplementedFeature
 from functions.core.models.base import utcnow
-from functions.core.schemas import parse
 from functions.core.schemas.instances import InstanceCreate, InstanceUpdate
 from functions.core.views import next_link
 from functions.runtime import runtime, unit_of_work
@@ -25,9 +24,9 @@ BASE = "/v1.0/{project_id}/instances"
 
 
 @functions_framework.http
-@api("POST", BASE)
+@api("POST", BASE, body=("instance", InstanceCreate))
 def create_instance(req: ApiRequest):  # type: ignore[no-untyped-def]
-    body = parse(InstanceCreate, req.json(), "instance")
+    body = req.body()
     with unit_of_work() as work:
         row, events = instances.create(work.session, req.project_id, body)
         work.emit(events)
@@ -68,7 +67,7 @@ def show_instance(req: ApiRequest):  # type: ignore[no-untyped-def]
 
 
 def _update(req: ApiRequest):  # type: ignore[no-untyped-def]
-    body = parse(InstanceUpdate, req.json(), "instance")
+    body = req.body()
     instance_id = req.params["instance_id"]
     with unit_of_work() as work:
         change = instances.update(work.session, req.project_id, instance_id, body)
@@ -83,13 +82,13 @@ def _update(req: ApiRequest):  # type: ignore[no-untyped-def]
 
 
 @functions_framework.http
-@api("PUT", BASE + "/{instance_id}")
+@api("PUT", BASE + "/{instance_id}", body=("instance", InstanceUpdate))
 def update_instance(req: ApiRequest):  # type: ignore[no-untyped-def]
     return _update(req)
 
 
 @functions_framework.http
-@api("PATCH", BASE + "/{instance_id}")
+@api("PATCH", BASE + "/{instance_id}", body=("instance", InstanceUpdate))
 def edit_instance(req: ApiRequest):  # type: ignore[no-untyped-def]
     return _update(req)
 

@@ -45,10 +45,10 @@ def list_mgmt_datastore_versions(req: ApiRequest):  # type: ignore[no-untyped-de
 
 
 @functions_framework.http
-@api("POST", VERSIONS)
+@api("POST", VERSIONS, body=("version", DatastoreVersionCreate))
 def create_mgmt_datastore_version(req: ApiRequest):  # type: ignore[no-untyped-def]
     admin_actions.require_admin(req.identity)
-    body = parse(DatastoreVersionCreate, req.json(), "version")
+    body = req.body()
     with runtime().transaction() as session:
         mgmt_catalog.create_version(session, body)
     return 202, None
@@ -87,20 +87,20 @@ def delete_mgmt_datastore_version(req: ApiRequest):  # type: ignore[no-untyped-d
 
 
 @functions_framework.http
-@api("POST", FLAVORS)
+@api("POST", FLAVORS, body=("flavor", FlavorCreate))
 def create_mgmt_flavor(req: ApiRequest):  # type: ignore[no-untyped-def]
     admin_actions.require_admin(req.identity)
-    body = parse(FlavorCreate, req.json(), "flavor")
+    body = req.body()
     with runtime().transaction() as session:
         flavor = mgmt_catalog.create_flavor(session, body)
         return 200, {"flavor": flavors.view(flavor, req.host_url, req.project_id)}
 
 
 @functions_framework.http
-@api("PATCH", FLAVORS + "/{flavor_id}")
+@api("PATCH", FLAVORS + "/{flavor_id}", body=("flavor", FlavorEdit))
 def edit_mgmt_flavor(req: ApiRequest):  # type: ignore[no-untyped-def]
     admin_actions.require_admin(req.identity)
-    body = parse(FlavorEdit, req.json(), "flavor")
+    body = req.body()
     with runtime().transaction() as session:
         flavor = mgmt_catalog.edit_flavor(session, req.params["flavor_id"], body)
         return 202, {"flavor": flavors.view(flavor, req.host_url, req.project_id)}

@@ -2,7 +2,8 @@
 
 The token file maps opaque tokens to a project and roles. It is re-read when it changes,
 so `troveless token create` takes effect without a restart. Keystone replaces it in
-production (a later driver implements the same `authenticate`).
+production (TROVELESS_AUTH=keystone: functions/drivers/keystone_auth.py implements the
+same `authenticate`; it may raise ServiceUnavailable when Keystone cannot be reached).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from events.guest import (
     GuestBackupFinished,
     GuestBackupProgress,
 )
+from functions.core import metrics, notifications
 from functions.core import workflow as runner
 from functions.core.models.backup import Backup
 from functions.core.models.base import utcnow
@@ -124,6 +125,7 @@ def _backup_failed(session: Session, run: WorkflowRun) -> None:
     if b is None:
         return
     if b.state in RUNNING and _recovered_from_store(b):
+        notifications.emit(session, [notifications.backup_created(b, run.context, "taskmanager")])
         return
     if b.state in RUNNING:
         b.state = "FAILED"
@@ -186,6 +188,9 @@ def delete_objects(ctx: StepContext) -> None:
             storage.delete(location)
         except StorageError as exc:
             raise StepFailed(f"cannot delete {location}: {exc}") from exc
+    # Trove's dbaas.backup_delete.end comes from the taskmanager once the objects are gone.
+    rows = [ctx.session.get(Backup, backup_id) for backup_id in ctx.context.get("backup_ids", [])]
+    notifications.emit(ctx.session, [notifications.backup_deleted(b, ctx.context, "taskmanager") for b in rows if b])
 
 
 def _delete_failed(session: Session, run: WorkflowRun) -> None:
@@ -231,6 +236,7 @@ def apply_progress(session: Session, instance_id: str, event: GuestBackupProgres
     ).rowcount
     if not applied:
         log.info("stale or foreign progress for backup %s ignored", event.backup_id)
+        metrics.mark_event("stale")
         return
     run = _waiting_run(session, event.backup_id)
     if run is not None:
@@ -261,6 +267,7 @@ def apply_finished(session: Session, instance_id: str, event: GuestBackupFinishe
         .values(**values)
     ).rowcount
     if not applied:
+        metrics.mark_event("stale")
         row = session.get(Backup, event.backup_id)
         if event.success and row is not None and row.instance_id == instance_id and (row.deleted or row.state == "FAILED"):
             # We gave up on it (or it was deleted) while the guest kept going: the object
@@ -268,6 +275,13 @@ def apply_finished(session: Session, instance_id: str, event: GuestBackupFinishe
             _delete_object(event.location or row.location or "")
         return []
     run = _waiting_run(session, event.backup_id)
+    if event.success:
+        # COMPLETED in this transaction: Trove's dbaas.backup_create.end, relayed by the conductor.
+        row = session.get(Backup, event.backup_id)
+        if row is not None:
+            session.refresh(row)
+            context = run.context if run is not None else notifications.backup_run_context(session, row.id)
+            notifications.emit(session, [notifications.backup_created(row, context, "conductor")])
     if run is None:
         return []
     if event.success:

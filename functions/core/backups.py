@@ -15,7 +15,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from events.envelope import Message
-from functions.core import guards
+from functions.core import guards, quotas
 from functions.core.errors import (
     BadRequest,
     Conflict,
@@ -222,6 +222,7 @@ def create(
     session.add(backup)
     session.flush()
     backup.location = storage.location(container, backup.id + EXTENSIONS[kind])
+    quotas.hold(session, project_id, "backup", backup.id, {"backups": 1})
     _, first = BACKUP.start(session, resource_id=backup.id, context={"instance_id": inst.id}, now=now)
     return backup, [first]
 
@@ -301,6 +302,7 @@ def delete_rows(session: Session, rows: list[Backup], *, now: dt.datetime | None
     for b in rows:
         b.deleted = True
         b.deleted_at = now
+        quotas.release(session, b.id)
         if b.location:
             locations.append(b.location)
     if not rows:

@@ -24,7 +24,7 @@ from events.guest import (
 )
 from events.replay import parse_sequence
 from events.signing import Keyring, verify
-from functions.core import backup_flow, inbox, provisioning
+from functions.core import backup_flow, inbox, metrics, provisioning
 from functions.core.models.base import utcnow
 from functions.core.models.instance import Instance, ServiceStatus
 from functions.core.states import ServiceStatus as SS
@@ -44,6 +44,7 @@ def _authenticate(session: Session, message: Message, instance_id: str) -> tuple
         raise AuthenticationError(f"{message.source} may not report for instance {instance.id}")
     verify(message, Keyring([instance_key(instance.id, bytes.fromhex(instance.encrypted_key))]))
     if inbox.claim(session, CONSUMER, message) is not None:
+        metrics.mark_event("duplicate")
         return None
     try:
         sequence = parse_sequence(message.get("sequence"))
@@ -65,6 +66,7 @@ def apply_heartbeat(session: Session, message: Message, heartbeat: GuestHeartbea
         return []
     instance, sequence = found
     if instance.deleted:
+        metrics.mark_event("stale")
         return []
     service = SS.from_guest(heartbeat.status)
     sent_at = _sent_at(message)
@@ -80,10 +82,14 @@ def apply_heartbeat(session: Session, message: Message, heartbeat: GuestHeartbea
             guest_detail=heartbeat.description or None,
             datastore_version=heartbeat.datastore_version,
             volume_used_bytes=heartbeat.volume_used_bytes,
+            # The datastore's own figures, exported as metrics (functions/core/metrics.py).
+            connections=heartbeat.connections,
+            database_size_bytes=heartbeat.database_size_bytes,
         )
     ).rowcount
     if not applied:
         log.info("stale heartbeat %s from %s (sequence %s) ignored", message.id, instance.id, sequence)
+        metrics.mark_event("stale")
         return []
     backup_flow.check_running_on_heartbeat(session, instance.id, heartbeat.backup_id, sent_at)
     row = session.execute(select(ServiceStatus).where(ServiceStatus.instance_id == instance.id)).scalar_one()

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from events.envelope import Message, to_json
-from functions.core import inbox
+from functions.core import inbox, metrics
 from functions.core.models.platform import DeadLetter
 
 CONSUMER = "dead-letters"
@@ -15,6 +15,7 @@ CONSUMER = "dead-letters"
 def record(session: Session, message: Message) -> bool:
     """Store a dead-lettered event once (the sink itself may get it twice). True if new."""
     if inbox.claim(session, CONSUMER, message) is not None:
+        metrics.mark_event("duplicate")
         return False
     session.add(
         DeadLetter(

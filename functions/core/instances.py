@@ -12,7 +12,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from events.envelope import Message
-from functions.core import backups, catalog, configurations, flavors, guards
+from functions.core import backups, catalog, configurations, flavors, guards, quotas
 from functions.core import workflow as runner
 from functions.core.errors import (
     BadRequest,
@@ -152,6 +152,9 @@ def create(session: Session, project_id: str, body: InstanceCreate, now: dt.date
              "backup_type": "incremental" if b.backup_type == "incremental" else "full", "lsn": b.lsn}
             for b in chain
         ]
+    # Late in the transaction, so the project's usage rows stay locked only until commit.
+    quotas.hold(session, project_id, "instance", instance.id,
+                {"instances": 1, "ram": flavor.ram, "volumes": body.volume.size})
     _, first = PROVISION.start(session, resource_id=instance.id, context=context, now=now)
     return InstanceRow(instance, service, datastore, version, configuration=config), [first]
 

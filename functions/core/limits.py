@@ -1,30 +1,20 @@
-"""Absolute limits per project (Trove's quota defaults; per-project overrides from `quotas`).
-
-Rate limits are not enforced yet, so `GET /limits` reports only the ABSOLUTE entry."""
+"""`GET /limits`: the project's absolute limits (its quotas: per-project overrides, else the
+settings' defaults), then one entry per API rate limit with what is left of its window."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import Any
+
 from sqlalchemy.orm import Session
 
-from functions.core.models.quota import Quota
-
-# Trove's defaults: max_instances_per_tenant, max_ram_per_tenant, max_volumes_per_tenant,
-# max_backups_per_tenant.
-DEFAULTS = {"instances": 10, "ram": -1, "volumes": 40, "backups": 50}
+from functions.core import quotas
 
 
 def absolute(session: Session, project_id: str) -> dict[str, int]:
-    limits = dict(DEFAULTS)
-    for resource, hard_limit in session.execute(
-        select(Quota.resource, Quota.hard_limit).where(Quota.tenant_id == project_id)
-    ):
-        if resource in limits:
-            limits[resource] = hard_limit
-    return limits
+    return quotas.limits(session, project_id)
 
 
-def view(limits: dict[str, int]) -> dict[str, object]:
+def view(limits: dict[str, int], rates: list[dict[str, Any]] | None = None) -> dict[str, object]:
     return {
         "limits": [
             {
@@ -33,6 +23,7 @@ def view(limits: dict[str, int]) -> dict[str, object]:
                 "max_ram": limits["ram"],
                 "max_volumes": limits["volumes"],
                 "max_backups": limits["backups"],
-            }
+            },
+            *(rates or []),
         ]
     }

@@ -17,11 +17,24 @@ from functions.core.models.platform import OutboxEvent
 log = logging.getLogger("troveless.outbox")
 
 
+# session.info key: ids of the rows this transaction enqueued, so the unit of work relays
+# them right after commit wherever in the call tree they were written (a step, a hook).
+PENDING_KEY = "troveless_outbox_ids"
+
+
 def enqueue(session: Session, messages: Sequence[Message]) -> list[int]:
     rows = [OutboxEvent(event=to_json(m)) for m in messages]
     session.add_all(rows)
     session.flush()
-    return [row.id for row in rows]
+    ids = [row.id for row in rows]
+    session.info.setdefault(PENDING_KEY, []).extend(ids)
+    return ids
+
+
+def enqueued(session: Session) -> list[int]:
+    """Ids of the rows enqueued in this session so far (rows of a rolled-back savepoint are
+    simply not found by the relay)."""
+    return list(session.info.get(PENDING_KEY, ()))
 
 
 def relay(

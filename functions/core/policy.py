@@ -62,6 +62,7 @@ RULES: dict[str, Rule] = {
     "list_mgmt_datastore_versions": A, "create_mgmt_datastore_version": A, "show_mgmt_datastore_version": A,
     "edit_mgmt_datastore_version": A, "delete_mgmt_datastore_version": A,
     "create_mgmt_flavor": A, "edit_mgmt_flavor": A, "delete_mgmt_flavor": A,
+    "list_notifications": A,
 }
 
 

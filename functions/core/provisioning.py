@@ -24,7 +24,7 @@ from events.guest import (
     UserSpec,
     sign_command,
 )
-from functions.core import config_values
+from functions.core import config_values, notifications
 from functions.core import workflow as runner
 from functions.core.models.base import utcnow
 from functions.core.models.datastore import Datastore, DatastoreVersion, Flavor
@@ -192,6 +192,8 @@ def mark_active(ctx: StepContext) -> None:
     inst.task_id = Task.NONE
     inst.task_description = Task.NONE.description
     inst.server_status = "ACTIVE"
+    # Trove sends trove.instance.create here too: at the end of the build, guest healthy.
+    notifications.emit(ctx.session, [notifications.instance_created(ctx.session, inst, ctx.context)])
 
 
 def _provision_failed(session: Session, run: WorkflowRun) -> None:
@@ -204,6 +206,24 @@ def _provision_failed(session: Session, run: WorkflowRun) -> None:
     inst.task_description = task.description
     inst.server_status = "ERROR"
     record_fault(session, inst.id, run.error or "provisioning failed", f"workflow run {run.id}")
+    if not _compensation_failed(session, run):
+        # Server, volume and address are released: the ERROR row holds no quota any more
+        # (its later delete releases nothing: functions/core/quotas.py).
+        from functions.core import quotas
+
+        quotas.release(session, inst.id)
+
+
+def _compensation_failed(session: Session, run: WorkflowRun) -> bool:
+    """A compensation that failed may have left the server or volume behind (an operator
+    cleans up; the instance keeps its quota until deleted)."""
+    from functions.core.models.platform import WorkflowStepLog
+
+    return session.execute(
+        select(WorkflowStepLog.id).where(
+            WorkflowStepLog.run_id == run.id, WorkflowStepLog.outcome == runner.Outcome.COMPENSATION_FAILED
+        ).limit(1)
+    ).first() is not None
 
 
 PROVISION = Workflow(
@@ -235,6 +255,8 @@ def cancel_work(ctx: StepContext) -> None:
 
 def finish_delete(ctx: StepContext) -> None:
     inst = _instance(ctx.session, ctx.resource_id or "")
+    # Before the row changes: Trove reports the instance as it was while being deleted.
+    notifications.emit(ctx.session, [notifications.instance_deleted(ctx.session, inst, ctx.context, ctx.now)])
     inst.deleted = True
     inst.deleted_at = ctx.now
     inst.server_status = "DELETED"
@@ -243,6 +265,10 @@ def finish_delete(ctx: StepContext) -> None:
     ).scalar_one_or_none()
     if row is not None:
         row.status_id, row.status_description = SS.DELETED.code, SS.DELETED.description
+    # In the transaction that marks the row deleted; a retried step finds nothing to release.
+    from functions.core import quotas
+
+    quotas.release(ctx.session, inst.id)
 
 
 def _teardown_failed(session: Session, run: WorkflowRun) -> None:

@@ -14,9 +14,10 @@ from sqlalchemy.orm import Session
 
 from events.envelope import Message, format_time
 from events.guest import FlavorSpec, ResizeRequested
-from functions.core import config_values, flavors, guards
+from functions.core import config_values, flavors, guards, notifications, quotas
 from functions.core.errors import BadRequest, OverLimit
 from functions.core.models.base import utcnow
+from functions.core.models.datastore import Flavor
 from functions.core.models.instance import Instance, ServiceStatus
 from functions.core.models.platform import WorkflowRun
 from functions.core.provisioning import (
@@ -55,11 +56,15 @@ def start(session: Session, inst: Instance, args: object, max_volume_gb: int) ->
         if size > max_volume_gb:
             raise OverLimit(f"Volume 'size' cannot exceed maximum of {max_volume_gb} GB, {size} cannot be accepted.")
         context["volume_size"] = size
+        grown = {"volumes": size}
     else:
         flavor = flavors.get_flavor(session, str(args["flavorRef"]))
         if flavor.id == inst.flavor_id:
             raise BadRequest(f"The new flavor id must be different than the current flavor id of '{inst.flavor_id}'.")
         context["flavor_id"] = flavor.id
+        grown = {"ram": max(quotas.of_instance(session, inst)["ram"], flavor.ram)}
+    # Reserve the growth now (413 over the quota); a smaller flavor gives RAM back when done.
+    quotas.set_held(session, inst.id, grown, enforce=True)
     inst.task_id = Task.RESIZING
     inst.task_description = Task.RESIZING.description
     _, first = RESIZE.start(session, resource_id=inst.id, context=context)
@@ -94,6 +99,8 @@ def wait_resized(ctx: StepContext) -> Wait | None:
 
 def finish_resize(ctx: StepContext) -> None:
     inst = _instance(ctx.session, ctx.resource_id or "")
+    old_flavor = ctx.session.get(Flavor, inst.flavor_id) if inst.flavor_id else None
+    old_volume = inst.volume_size
     if ctx.context.get("flavor_id"):
         inst.flavor_id = str(ctx.context["flavor_id"])
     if ctx.context.get("volume_size"):
@@ -101,6 +108,15 @@ def finish_resize(ctx: StepContext) -> None:
     if inst.task_id == Task.RESIZING:
         inst.task_id = Task.NONE
         inst.task_description = Task.NONE.description
+    quotas.set_held(ctx.session, inst.id, quotas.of_instance(ctx.session, inst), enforce=False)
+    # Trove's usage events for a finished resize, in the transaction that records it.
+    if ctx.context.get("flavor_id"):
+        notifications.emit(ctx.session, [notifications.instance_flavor_modified(
+            ctx.session, inst, ctx.context, old_ram_mb=old_flavor.ram if old_flavor else None, at=ctx.now,
+            run_id=ctx.run_id)])
+    if ctx.context.get("volume_size"):
+        notifications.emit(ctx.session, [notifications.instance_volume_modified(
+            ctx.session, inst, ctx.context, old_size_gb=old_volume, at=ctx.now, run_id=ctx.run_id)])
 
 
 def _resize_failed(session: Session, run: WorkflowRun) -> None:
@@ -111,6 +127,8 @@ def _resize_failed(session: Session, run: WorkflowRun) -> None:
         inst.task_id = Task.NONE
         inst.task_description = Task.NONE.description
     record_fault(session, inst.id, run.error or "resize failed", f"workflow run {run.id}")
+    # Back to what the row records: the growth reserved at the start is given back.
+    quotas.set_held(session, inst.id, quotas.of_instance(session, inst), enforce=False)
 
 
 RESIZE = Workflow(

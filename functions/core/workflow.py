@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from events.envelope import Message
 from events.errors import PermanentEventError
 from events.workflow import Phase, StepRequested
-from functions.core import inbox
+from functions.core import inbox, metrics
 from functions.core.models.base import utcnow
 from functions.core.models.platform import WorkflowRun, WorkflowStepLog
 
@@ -157,16 +157,25 @@ class Workflow:
         context: dict[str, Any] | None = None,
         now: dt.datetime | None = None,
     ) -> tuple[WorkflowRun, Message]:
-        """Create a run at its first step; the caller writes the message to the outbox."""
+        """Create a run at its first step; the caller writes the message to the outbox.
+
+        A run started by an API request remembers who asked, from where, under which
+        request id (`context["request"]`): its notifications report them, as Trove's do."""
+        from functions.core.context import current_request
+
         now = now or utcnow()
         first = self.steps[0]
+        context = dict(context or {})
+        request = current_request()
+        if request is not None:
+            context.setdefault("request", request.traits())
         run = WorkflowRun(
             workflow=self.name,
             resource_id=resource_id,
             status=RunStatus.RUNNING,
             step=first.name,
             attempt=1,
-            context=dict(context or {}),
+            context=context,
             completed=[],
             deadline_at=now + dt.timedelta(seconds=first.timeout_s),
             next_run_at=now + dt.timedelta(seconds=first.redeliver_after_s),
@@ -200,11 +209,13 @@ def execute(session: Session, workflow: Workflow, message: Message, event: StepR
     duplicate = inbox.claim(session, consumer, message)
     if duplicate is not None:
         log.info("duplicate %s: answered with the stored reply", message.id)
+        metrics.mark_event("duplicate")
         return duplicate.reply
     run = _lock_run(session, event.run_id)
     expected = RunStatus.RUNNING if event.phase == "forward" else RunStatus.COMPENSATING
     if run.status != expected or run.step != step.name or run.attempt != event.attempt:
         log.info("stale %s: run %s is %s at %s attempt %s", message.id, run.id, run.status, run.step, run.attempt)
+        metrics.mark_event("stale")
         return None
     now = utcnow()
     if event.phase == "forward":

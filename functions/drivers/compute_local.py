@@ -28,6 +28,9 @@ from functions.core.ports import ComputeError, ServerSpec
 
 log = logging.getLogger("troveless.compute.local")
 
+# Environment variables of the platform that guest agents must not inherit.
+_PLATFORM_SECRETS = frozenset({"TROVELESS_KEYSTONE_PASSWORD"})
+
 STANDARD_PORTS = {"postgresql": 5432, "mariadb": 3306, "mysql": 3306}
 AGENT_PORT = 8799
 # 127.0.0.1 often hosts the machine's own servers; instances start at .2 and go up.
@@ -140,6 +143,8 @@ class LocalCompute:
         try:
             process = subprocess.Popen(
                 argv, cwd=directory, stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT,
+                # The platform's own secrets stay with the platform (a guest is another machine).
+                env={k: v for k, v in os.environ.items() if k not in _PLATFORM_SECRETS},
                 start_new_session=True,  # not in the platform's process group: Ctrl-C there spares it
             )
         except OSError as exc:

@@ -237,6 +237,11 @@ class Datastore(ABC):
     def server_version(self, state: AgentState) -> str | None:
         """Version reported by the running server (`SELECT version()`), None if unreachable."""
 
+    def stats(self, timeout: float = 2.0) -> tuple[int, int] | None:
+        """(client connections, total size of the databases in bytes): two cheap queries,
+        each bounded by `timeout`; None when the server cannot answer right now."""
+        return None
+
     @abstractmethod
     def create_database(self, state: AgentState, spec: DatabaseSpec) -> None: ...
 

@@ -423,6 +423,27 @@ class MariaDB(Datastore):
             return None
         return parse_version(row[0]) if row else None
 
+    def stats(self, timeout: float = 2.0) -> tuple[int, int] | None:
+        try:
+            conn = self._connect(timeout)
+        except (pymysql.MySQLError, OSError):
+            return None
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
+                row = cur.fetchone()
+                connections = int(row[1]) if row else 0
+                cur.execute(
+                    f"SET STATEMENT max_statement_time={max(0.1, timeout):g} FOR "
+                    "SELECT COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables"
+                )
+                size = cur.fetchone()
+        except (pymysql.MySQLError, OSError, ValueError):
+            return None
+        finally:
+            conn.close()
+        return connections, int(size[0] if size else 0)
+
     def _run(self, action: str, statements: list[tuple[str, tuple[object, ...] | None]]) -> None:
         try:
             conn = self._connect()

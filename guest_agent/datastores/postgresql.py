@@ -363,6 +363,19 @@ class PostgreSQL(Datastore):
             return None
         return parse_version(row[0]) if row else None
 
+    def stats(self, timeout: float = 2.0) -> tuple[int, int] | None:
+        try:
+            with self._connect(timeout=timeout) as conn:
+                conn.execute(f"SET statement_timeout = {max(1, int(timeout * 1000))}")
+                # Client sessions only (not autovacuum, walwriter...); ours is one of them.
+                connections = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                ).fetchone()
+                size = conn.execute("SELECT sum(pg_database_size(datname)) FROM pg_database").fetchone()
+        except (psycopg.Error, OSError):
+            return None
+        return int(connections[0] if connections else 0), int((size[0] if size else 0) or 0)
+
     # ------------------------------------------------------------ databases and users
 
     @contextmanager

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -59,10 +60,15 @@ class FunctionHost:
         return app(environ, start_response)
 
 
+# A path parameter: one segment, without control characters (a function's own router would
+# not take them and would answer with an HTML page instead of a Trove fault).
+SEGMENT = r"[^/\x00-\x1f\x7f]+"
+
+
 def _compile(template: str) -> re.Pattern[str]:
     pattern, pos = "", 0
     for match in _PARAM.finditer(template):
-        pattern += re.escape(template[pos : match.start()]) + "[^/]+"
+        pattern += re.escape(template[pos : match.start()]) + SEGMENT
         pos = match.end()
     return re.compile("^" + pattern + re.escape(template[pos:].rstrip("/")) + "/?$")
 
@@ -78,7 +84,7 @@ class Gateway:
             elif fn.trigger.webhook:
                 self.routes.append(("POST", _compile(fn.trigger.webhook.path), apps[name]))
         # A literal segment beats a parameter: GET /instances/detail is not /instances/{id}.
-        self.routes.sort(key=lambda route: route[1].pattern.count("[^/]+"))
+        self.routes.sort(key=lambda route: route[1].pattern.count(SEGMENT))
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         from functions.api._http import fault_body
@@ -87,9 +93,11 @@ class Gateway:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "/") or "/"
         status_seen: list[str] = []
+        request_ids: list[str] = []
 
         def recording_start(status: str, headers: list[tuple[str, str]], exc_info=None):  # type: ignore[no-untyped-def]
             status_seen.append(status)
+            request_ids.extend(v for k, v in headers if k.lower() == "x-openstack-request-id")
             return start_response(status, headers, exc_info)
 
         try:
@@ -107,4 +115,9 @@ class Gateway:
             return _json_reply(recording_start, 404, fault_body(404, f"The resource could not be found: {path}"))
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
-            log.info("%s %s -> %s (%.1f ms)", method, path, (status_seen or ["?"])[0].split()[0], elapsed_ms)
+            from functions.core import context
+
+            # The access line carries the function's request id, as the function's own lines do.
+            with context.request_scope(context.RequestContext(request_id=request_ids[0])) if request_ids \
+                    else contextlib.nullcontext():
+                log.info("%s %s -> %s (%.1f ms)", method, path, (status_seen or ["?"])[0].split()[0], elapsed_ms)

@@ -81,4 +81,5 @@ def test_resize_validation(api) -> None:  # type: ignore[no-untyped-def]
     assert shown["status"] == "RESIZE" and shown["flavor"]["id"] == "1"  # the new flavor once done
     with runtime().sessions() as s:
         run = s.execute(select(WorkflowRun).where(WorkflowRun.workflow == "resize")).scalar_one()
-        assert run.context == {"flavor_id": "2"}
+        # The run remembers the API request that started it (for its notifications).
+        assert run.context == {"flavor_id": "2", "request": {**run.context["request"], "user_id": "u1", "tenant_id": "p1"}}

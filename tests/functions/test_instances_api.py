@@ -108,6 +108,9 @@ def test_create_show_list_rename_delete(api) -> None:  # type: ignore[no-untyped
 
 
 def test_paging_and_isolation(api) -> None:  # type: ignore[no-untyped-def]
+    # More than a page (20) of instances: above the default quota of 10, so an admin raises it.
+    r = api("PUT", "/mgmt/quotas/p1", json={"quotas": {"instances": 30}}, token="admin")
+    assert r.status_code == 200, r.get_json()
     ids = {api("POST", "/instances", json=body(name=f"i{n}")).get_json()["instance"]["id"] for n in range(23)}
     api("POST", "/instances", project="p2", json=body(name="other"))
     first = api("GET", "/instances").get_json()

@@ -93,7 +93,8 @@ def victim(api) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 def _params(victim: dict[str, str], project: str) -> dict[str, str]:
     return {**victim, "project_id": project, "flavor_id": "1", "datastore": "mariadb", "version": "10.11.19",
-            "version_id": "0", "name": "max_connections", "user": "u1", "database": "db1"}
+            "version_id": "0", "name": "max_connections", "user": "u1", "database": "db1",
+            "target_project": "p1"}
 
 
 def _bodies(v: dict[str, str]) -> dict[str, Any]:
@@ -162,6 +163,8 @@ def test_every_route_isolates_tenants(api, victim) -> None:  # type: ignore[no-u
         elif r.status_code < 300:
             # Only listings, the catalog and p2's own creations may succeed; never on p1's ids.
             assert not any(f"{{{p}}}" in http.path for p in ("instance_id", "configuration_id", "backup_id", "schedule_id")), (name, text)
+        elif name == "show_quotas":
+            assert r.status_code == 403, (name, r.status_code, text)  # p1's quotas: p1's or an admin's
         else:
             assert r.status_code in (400, 404, 413, 422, 501), (name, r.status_code, text)
         checked += 1

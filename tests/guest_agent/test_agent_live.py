@@ -159,6 +159,15 @@ def test_created_user_can_create_tables_over_tcp(agent: Agent) -> None:
     assert [tuple(r) for r in user_sql(agent, [query])] == [(charset, collate)]
 
 
+def test_heartbeats_carry_the_datastores_own_figures(agent: Agent) -> None:
+    """Connections and the databases' total size, from each server's own statistics."""
+    _, beat = agent.broker.wait_for(
+        agent.source, lambda b: b.connections is not None and b.database_size_bytes is not None, timeout=30
+    )
+    assert beat.connections >= 1  # the agent's own sampling connection at least
+    assert beat.database_size_bytes > 100_000, beat.database_size_bytes  # PostgreSQL's, MariaDB's system tables
+
+
 def test_admin_account_is_not_reachable_over_tcp(agent: Agent) -> None:
     if agent.datastore == "postgresql":
         with pytest.raises(psycopg.OperationalError):

@@ -66,7 +66,9 @@ def served(database_url: str, tmp_path: Path) -> Iterator[tuple[dict[str, str], 
         )
         urls[name] = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        # Every function is a Python process importing its stack; on 2 busy cores that is a
+        # few seconds each, so the allowance grows with the registry.
+        deadline = time.monotonic() + 60 + 3 * len(procs)
         for name, url in urls.items():
             while True:
                 assert procs[name].poll() is None, (tmp_path / f"{name}.log").read_text()[-2000:]

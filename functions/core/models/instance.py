@@ -115,6 +115,9 @@ class ServiceStatus(Base):
     guest_detail: Mapped[str | None] = mapped_column(Text)
     datastore_version: Mapped[str | None] = mapped_column(String(64))
     volume_used_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # Ours: the datastore's own figures from the last heartbeat (exported as metrics).
+    connections: Mapped[int | None] = mapped_column(Integer)
+    database_size_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class RootEnabledHistory(Base):

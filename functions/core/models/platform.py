@@ -118,6 +118,27 @@ class DeadLetter(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
 
 
+class NotificationRecord(Base):
+    """A usage or lifecycle notification as the notification consumer received it (once per
+    CloudEvent id): the ledger administrators page through (GET /mgmt/notifications)."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # The CloudEvent id (deterministic per fact, e.g. "trove.instance.create:<instance id>").
+    event_id: Mapped[str] = mapped_column(String(255), unique=True)
+    # Trove's event type, e.g. trove.instance.create or dbaas.backup_create.end.
+    event_type: Mapped[str] = mapped_column(String(64), index=True)
+    tenant_id: Mapped[str] = mapped_column(String(36), index=True)
+    # The instance or backup the notification is about.
+    resource_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    # Trove's payload, key for key.
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # When the reported change happened (the CloudEvent's time).
+    occurred_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class SourceSequence(Base):
     """Highest `sequence` accepted per event source (replay and out-of-order protection)."""
 
