@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from functions.core.auth import Authenticator
     from functions.drivers.backup_storage import ObjectBackupStorage
     from functions.drivers.compute_local import LocalCompute
+    from functions.drivers.compute_openstack import OpenStackCompute
     from functions.drivers.guest_client import GuestClient
 
 log = logging.getLogger("troveless.runtime")
@@ -65,7 +66,11 @@ class Runtime:
         return TokenFile(self.settings.token_file)
 
     @cached_property
-    def compute(self) -> LocalCompute:
+    def compute(self) -> LocalCompute | OpenStackCompute:
+        if self.settings.openstack is not None:  # TROVELESS_COMPUTE=openstack
+            from functions.drivers.compute_openstack import OpenStackCompute
+
+            return OpenStackCompute(self.settings.openstack, heartbeat_interval_s=self.settings.heartbeat_interval_s)
         from functions.drivers.compute_local import LocalCompute
 
         return LocalCompute(

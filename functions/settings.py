@@ -147,6 +147,58 @@ class KeystoneSettings:
         )
 
 
+@dataclass(frozen=True)
+class OpenStackSettings:
+    """TROVELESS_COMPUTE=openstack: servers on Nova, volumes on Cinder, ports and security
+    groups on Neutron (functions/drivers/compute_openstack.py). Credentials are openstacksdk's
+    own: the `OS_*` variables, or OS_CLOUD naming an entry of clouds.yaml."""
+
+    # The Neutron network the instances' ports are made on (the control plane must reach it).
+    network_id: str
+    # Who may reach an instance's database and guest agent ports (the control plane's network).
+    control_cidr: str
+    # A clouds.yaml entry (None: openstacksdk reads OS_CLOUD or the OS_* variables).
+    cloud: str | None = None
+    region: str | None = None
+    volume_type: str | None = None
+    availability_zone: str | None = None
+    # A Nova keypair for operators' SSH access (none by default).
+    key_name: str | None = None
+    # What cloud-init pip-installs on the server to run the guest agent.
+    guest_package: str = "troveless"
+
+    @classmethod
+    def from_env(cls) -> OpenStackSettings:
+        import ipaddress
+
+        env = os.environ.get
+        missing = [name for name in ("TROVELESS_OS_NETWORK_ID", "TROVELESS_OS_CONTROL_CIDR") if not env(name)]
+        if missing:
+            raise ValueError(f"TROVELESS_COMPUTE=openstack needs {', '.join(missing)}")
+        cidr = env("TROVELESS_OS_CONTROL_CIDR", "")
+        try:
+            cidr = str(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            raise ValueError(f"TROVELESS_OS_CONTROL_CIDR must be a CIDR, not {cidr!r}") from None
+        return cls(
+            network_id=env("TROVELESS_OS_NETWORK_ID", ""),
+            control_cidr=cidr,
+            cloud=env("TROVELESS_OS_CLOUD") or None,
+            region=env("TROVELESS_OS_REGION") or None,
+            volume_type=env("TROVELESS_OS_VOLUME_TYPE") or None,
+            availability_zone=env("TROVELESS_OS_AVAILABILITY_ZONE") or None,
+            key_name=env("TROVELESS_OS_KEY_NAME") or None,
+            guest_package=env("TROVELESS_OS_GUEST_PACKAGE") or "troveless",
+        )
+
+
+def compute_from_env() -> str:
+    compute = (os.environ.get("TROVELESS_COMPUTE") or "local").strip().lower()
+    if compute not in ("local", "openstack"):
+        raise ValueError(f"TROVELESS_COMPUTE must be 'local' or 'openstack', not {compute!r}")
+    return compute
+
+
 def auth_from_env() -> str:
     auth = (os.environ.get("TROVELESS_AUTH") or "tokenfile").strip().lower()
     if auth not in ("tokenfile", "keystone"):
@@ -169,6 +221,9 @@ class Settings:
     # TROVELESS_AUTH: "tokenfile" (the local token file) or "keystone" (then `keystone` is set).
     auth: str = "tokenfile"
     keystone: KeystoneSettings | None = None
+    # TROVELESS_COMPUTE: "local" (processes on this machine) or "openstack" (then `openstack` is set).
+    compute: str = "local"
+    openstack: OpenStackSettings | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -176,6 +231,7 @@ class Settings:
 
         data_dir = Path(os.environ.get(DATA_DIR_ENV) or default_data_dir()).expanduser()
         auth = auth_from_env()
+        compute = compute_from_env()
         return cls(
             data_dir=data_dir,
             database_url=os.environ.get(DATABASE_URL_ENV) or f"sqlite:///{data_dir / 'troveless.db'}",
@@ -187,4 +243,6 @@ class Settings:
             limits=LimitSettings.from_env(),
             auth=auth,
             keystone=KeystoneSettings.from_env() if auth == "keystone" else None,
+            compute=compute,
+            openstack=OpenStackSettings.from_env() if compute == "openstack" else None,
         )

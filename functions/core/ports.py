@@ -41,6 +41,10 @@ class ServerSpec:
     broker_url: str
     # Cloud-init style user data for the agent: the signed prepare command (JSON).
     user_data: str | None = None
+    # What a cloud boots (the openstack driver): the instance's flavor id and the datastore
+    # version's image (datastore_versions.image_id). The local driver needs neither.
+    flavor_id: str | None = None
+    image_id: str | None = None
 
 
 class Compute(Protocol):
@@ -50,6 +54,10 @@ class Compute(Protocol):
     def delete_volume(self, instance_id: str) -> None: ...
     def create_server(self, spec: ServerSpec) -> str: ...
     def delete_server(self, instance_id: str) -> None: ...
+    # Side-effect-free questions for a workflow that waits (no driver ever blocks):
+    def volume_ready(self, instance_id: str) -> bool: ...
+    def server_status(self, instance_id: str) -> str | None:
+        """BUILD, ACTIVE, ERROR, ... (Nova's words); None when there is no server."""
 
 
 class StorageError(Exception):

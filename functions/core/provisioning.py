@@ -139,6 +139,9 @@ def create_server(ctx: StepContext) -> None:
         key=secret,
         broker_url=rt.settings.broker_url,
         user_data=to_json(sign_command(inst.id, secret, _prepare_command(ctx, inst))),
+        # What a cloud driver boots (the local driver ignores both).
+        flavor_id=inst.flavor_id,
+        image_id=getattr(ctx.session.get(DatastoreVersion, inst.datastore_version_id), "image_id", None),
     )
     inst.compute_instance_id = _compute_call(rt.compute.create_server, spec)
     inst.server_status = "BUILD"

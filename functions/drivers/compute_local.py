@@ -104,6 +104,10 @@ class LocalCompute:
     def volume_exists(self, instance_id: str) -> bool:
         return (self.instance_dir(instance_id) / "volume").is_dir()
 
+    def volume_ready(self, instance_id: str) -> bool:
+        """A local volume is ready as soon as it exists."""
+        return self.volume_exists(instance_id)
+
     # ---- servers ------------------------------------------------------------------------
 
     def create_server(self, spec: ServerSpec) -> str:
@@ -194,6 +198,10 @@ class LocalCompute:
 
     def server_running(self, instance_id: str) -> bool:
         return bool(self._pids(instance_id))
+
+    def server_status(self, instance_id: str) -> str | None:
+        """ACTIVE while the agent's processes run (a local server has no BUILD phase)."""
+        return "ACTIVE" if self.server_running(instance_id) else None
 
     def delete_server(self, instance_id: str, *, grace_s: float = 20.0) -> None:
         """Stop the agent (it stops its database cleanly), then anything left. Idempotent."""
