@@ -296,7 +296,37 @@ def build_parser() -> argparse.ArgumentParser:
     oa = sub.add_parser("openapi", help="regenerate functions/api/openapi.json from serverless.yaml and the models")
     oa.add_argument("--out", help="write here instead")
     oa.set_defaults(func=cmd_openapi)
+    rk = sub.add_parser("render", help="render deployment manifests from serverless.yaml (docs/deploy-knative.md)")
+    rk.add_argument("platform", choices=["knative"])
+    rk.add_argument("--spec", help="serverless.yaml to render (default: the project's)")
+    rk.add_argument("--out", help="write one YAML file per kind into this directory (default: stdout)")
+    rk.add_argument("--image", help="the functions image (default: infra.knative.IMAGE)")
+    rk.add_argument("--namespace", help="Kubernetes namespace (default: the spec's)")
+    rk.add_argument("--gateway", help="the Gateway API Gateway the HTTPRoutes attach to")
+    rk.set_defaults(func=cmd_render)
     return parser
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from infra import knative
+    from infra.spec import load_spec
+
+    try:
+        objects = knative.render(
+            load_spec(args.spec),
+            namespace=args.namespace,
+            image=args.image or knative.IMAGE,
+            gateway=args.gateway or knative.GATEWAY,
+        )
+    except ValueError as exc:  # RenderError, or serverless.yaml failing validation
+        print(f"cannot render: {exc}", file=sys.stderr)
+        return 1
+    if args.out:
+        for path in knative.write(objects, args.out):
+            print(path)
+    else:
+        sys.stdout.write(knative.dump(objects))
+    return 0
 
 
 def cmd_openapi(args: argparse.Namespace) -> int:
