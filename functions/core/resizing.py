@@ -2,7 +2,9 @@
 or a bigger volume (grow only), as Trove's `resize` action.
 
 `resize` workflow: grow_volume (the compute driver; a no-op for a flavor change) →
-send_resize (ResizeRequested to the guest) → wait_resized (a HEALTHY heartbeat sent after
+resize_server (the compute driver moves the server to the new flavor: a Nova resize and its
+confirm; a no-op for a volume change and for the local driver) → send_resize
+(ResizeRequested to the guest) → wait_resized (a HEALTHY heartbeat sent after
 the request; resumed by the conductor) → finish_resize (the instance takes the new size,
 task NONE). On failure the task goes back to NONE with a fault, the old size stays recorded.
 """
@@ -30,9 +32,18 @@ from functions.core.provisioning import (
     record_fault,
 )
 from functions.core.states import Task
-from functions.core.workflow import Step, StepContext, Wait, Workflow
+from functions.core.workflow import Retry, Step, StepContext, Wait, Workflow
 
 RESIZE_DEADLINE_S = 180.0
+# resize_server polls Nova through its retries: a `Wait` is only ever ended by an explicit
+# resume (the conductor, on a heartbeat) and the sweeper does not re-run a waiting step, so
+# "not yet" is a transient error and the retry is the poll. 60 attempts 5 s apart (plus the
+# sweeper's pace) leave a Nova resize (a cold migration and its confirm) about 5 minutes.
+SERVER_RESIZE_POLL = Retry(attempts=60, interval_s=5.0, backoff_rate=1.0, max_delay_s=5.0)
+
+
+class ServerResizing(Exception):
+    """The server is still moving to the new flavor (transient: the step's retry asks again)."""
 
 
 def start(session: Session, inst: Instance, args: object, max_volume_gb: int) -> list[Message]:
@@ -75,6 +86,14 @@ def grow_volume(ctx: StepContext) -> None:
     size = ctx.context.get("volume_size")
     if size:
         _compute_call(_deps().compute.resize_volume, ctx.resource_id or "", int(size))
+
+
+def resize_server(ctx: StepContext) -> None:
+    flavor_id = ctx.context.get("flavor_id")
+    if not flavor_id:
+        return  # a volume resize: the server keeps its flavor
+    if not _compute_call(_deps().compute.resize_server, ctx.resource_id or "", str(flavor_id)):
+        raise ServerResizing(f"server of {ctx.resource_id} is moving to flavor {flavor_id}")
 
 
 def send_resize(ctx: StepContext) -> None:
@@ -135,6 +154,7 @@ RESIZE = Workflow(
     "resize",
     [
         Step("grow_volume", grow_volume, retry=STEADY, timeout_s=60),
+        Step("resize_server", resize_server, retry=SERVER_RESIZE_POLL, timeout_s=60),
         Step("send_resize", send_resize, retry=STEADY, timeout_s=60),
         Step("wait_resized", wait_resized, retry=STEADY, timeout_s=RESIZE_DEADLINE_S),
         Step("finish_resize", finish_resize, retry=STEADY, timeout_s=30),

@@ -203,6 +203,11 @@ class LocalCompute:
         """ACTIVE while the agent's processes run (a local server has no BUILD phase)."""
         return "ACTIVE" if self.server_running(instance_id) else None
 
+    def resize_server(self, instance_id: str, flavor_id: str) -> bool:
+        """Done at once: a local server has no flavor (the guest applies the new memory
+        settings when the resize workflow sends it ResizeRequested)."""
+        return True
+
     def delete_server(self, instance_id: str, *, grace_s: float = 20.0) -> None:
         """Stop the agent (it stops its database cleanly), then anything left. Idempotent."""
         pids = self._pids(instance_id)

@@ -105,6 +105,8 @@ class OpenStackCompute:
         self.settings = settings
         self.heartbeat_interval_s = heartbeat_interval_s
         self._conn = connection
+        # Nova flavor id -> name (a flavor's name cannot change: cached for the process).
+        self._flavor_names: dict[str, str] = {}
 
     # ---- plumbing -----------------------------------------------------------------------
 
@@ -381,6 +383,54 @@ class OpenStackCompute:
         """Nova's status of the instance's server (BUILD, ACTIVE, ERROR, ...); None if none."""
         server = self.find_server(instance_id)
         return None if server is None else str(server.get("status"))
+
+    def resize_server(self, instance_id: str, flavor_id: str) -> bool:
+        """Move the server to flavor `flavor_id`, one move per call, never waiting: True once
+        it runs ACTIVE on that flavor. ACTIVE on another flavor → `resize` action; RESIZE (the
+        migration) → nothing; VERIFY_RESIZE → `confirmResize` (once: a confirm in progress
+        shows a task state); ERROR → permanent error with Nova's fault."""
+        server = self.find_server(instance_id)
+        if server is None:
+            raise ComputeError(f"instance {instance_id} has no server", transient=False)
+        status = str(server.get("status"))
+        if status == "ERROR":
+            fault = (server.get("fault") or {}).get("message") or "no fault given"
+            raise ComputeError(f"server {server['id']} is in ERROR: {fault}", transient=False)
+        busy = bool(server.get("OS-EXT-STS:task_state"))
+        if status == "VERIFY_RESIZE":
+            if not busy:  # else a confirm (or a revert) is under way already
+                self._nova("POST", f"/servers/{server['id']}/action", "confirm resize",
+                           json={"confirmResize": None})
+            return False
+        if status != "ACTIVE":
+            return False  # RESIZE (migrating), BUILD, REBOOT, ...: ask again later
+        if self._on_flavor(server, flavor_id):
+            return True
+        if not busy:
+            self._nova("POST", f"/servers/{server['id']}/action", "resize server",
+                       json={"resize": {"flavorRef": flavor_id}})
+            log.info("resizing server %s of %s to flavor %s", server["id"], instance_id, flavor_id)
+        return False
+
+    def _on_flavor(self, server: dict[str, Any], flavor_id: str) -> bool:
+        """Whether the server's flavor is `flavor_id`. Before microversion 2.47 Nova shows the
+        flavor's `id`; from 2.47 on (NOVA_MICROVERSION) only its `original_name`, which is the
+        id only when flavors are named after their ids: otherwise the target's name is asked
+        of Nova once (`GET /flavors/{id}`) and compared."""
+        flavor = server.get("flavor") or {}
+        if flavor.get("id") is not None:
+            return str(flavor["id"]) == flavor_id
+        shown = flavor.get("original_name")
+        if shown is None:
+            return False
+        if str(shown) == flavor_id:
+            return True
+        if flavor_id not in self._flavor_names:
+            found = self._nova("GET", f"/flavors/{flavor_id}", "show flavor", ok_404=True) or {}
+            if not found.get("flavor"):
+                raise ComputeError(f"flavor {flavor_id} does not exist in Nova", transient=False)
+            self._flavor_names[flavor_id] = str(found["flavor"].get("name"))
+        return str(shown) == self._flavor_names[flavor_id]
 
     def delete_server(self, instance_id: str) -> None:
         """Delete the server, its port and its security group; what is gone already is done.

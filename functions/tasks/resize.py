@@ -14,6 +14,11 @@ def resize_grow_volume(request):  # type: ignore[no-untyped-def]
 
 
 @functions_framework.http
+def resize_resize_server(request):  # type: ignore[no-untyped-def]
+    return eventfn.run_step(request, RESIZE, "resize_server")
+
+
+@functions_framework.http
 def resize_send_resize(request):  # type: ignore[no-untyped-def]
     return eventfn.run_step(request, RESIZE, "send_resize")
 

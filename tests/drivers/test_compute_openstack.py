@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import logging
 import subprocess
@@ -350,6 +351,104 @@ def test_resize_volume(fake: FakeOpenStack, compute: OpenStackCompute) -> None:
     assert not err.value.transient
 
 
+def test_resize_server_flow_request_by_request(fake: FakeOpenStack, compute: OpenStackCompute) -> None:
+    _, _, server_id = build(fake, compute)  # booted with flavor "7"
+    listing = f"GET /compute/v2.1/servers/detail?name=^troveless-{IID}$"
+    action = f"POST /compute/v2.1/servers/{server_id}/action"
+    # Still booting: nothing to do yet.
+    fake.clear()
+    assert compute.resize_server(IID, "8") is False
+    assert calls(fake) == [listing]
+    # ACTIVE on the old flavor (shown by name: the target's name is asked once), the resize
+    # action, and not done.
+    fake.set_server_status("ACTIVE")
+    fake.clear()
+    assert compute.resize_server(IID, "8") is False
+    assert calls(fake) == [listing, "GET /compute/v2.1/flavors/8", action]
+    resize = fake.api_requests()[2]
+    assert resize.body == {"resize": {"flavorRef": "8"}}
+    assert resize.headers["Openstack-Api-Version"] == "compute 2.67"
+    assert fake.state.servers[server_id]["status"] == "RESIZE"
+    # Migrating: asked again, only the lookup (no second resize).
+    fake.clear()
+    assert compute.resize_server(IID, "8") is False
+    assert calls(fake) == [listing]
+    # VERIFY_RESIZE on the new flavor: the confirm.
+    fake.finish_resizes()
+    assert fake.state.servers[server_id]["flavor"]["original_name"] == "8"
+    fake.slow_confirm = True
+    fake.clear()
+    assert compute.resize_server(IID, "8") is False
+    assert calls(fake) == [listing, action]
+    assert fake.api_requests()[1].body == {"confirmResize": None}
+    # Retried while the confirm runs (VERIFY_RESIZE, task resize_confirming): no second confirm.
+    fake.clear()
+    assert compute.resize_server(IID, "8") is False
+    assert calls(fake) == [listing]
+    # ACTIVE on the new flavor: done; asked again, still only the lookup.
+    fake.finish_confirms()
+    for _ in range(2):
+        fake.clear()
+        assert compute.resize_server(IID, "8") is True
+        assert calls(fake) == [listing]
+    assert fake.state.servers[server_id]["status"] == "ACTIVE"
+
+
+def test_resize_server_confirm_failing_transiently_is_sent_again(fake: FakeOpenStack,
+                                                                 compute: OpenStackCompute) -> None:
+    _, _, server_id = build(fake, compute)
+    fake.set_server_status("ACTIVE")
+    assert compute.resize_server(IID, "8") is False
+    fake.finish_resizes()
+    fake.fail("POST", f"/compute/v2.1/servers/{server_id}/action", 503)
+    with pytest.raises(ComputeError) as err:
+        compute.resize_server(IID, "8")
+    assert err.value.transient
+    fake.clear()
+    assert compute.resize_server(IID, "8") is False  # the retry confirms, once
+    confirms = [r for r in fake.api_requests() if r.method == "POST"]
+    assert [r.body for r in confirms] == [{"confirmResize": None}]
+    assert compute.resize_server(IID, "8") is True
+
+
+def test_resize_server_matches_flavor_names(fake: FakeOpenStack, compute: OpenStackCompute) -> None:
+    """Nova >= 2.47 shows the flavor's name only: a flavor not named after its id is looked up."""
+    fake.flavor_names.update({"7": "m1.small", "8": "m1.medium"})
+    _, _, server_id = build(fake, compute)
+    fake.set_server_status("ACTIVE")
+    listing = f"GET /compute/v2.1/servers/detail?name=^troveless-{IID}$"
+    fake.clear()
+    assert compute.resize_server(IID, "8") is False
+    assert calls(fake) == [listing, "GET /compute/v2.1/flavors/8", f"POST /compute/v2.1/servers/{server_id}/action"]
+    fake.finish_resizes()
+    assert compute.resize_server(IID, "8") is False  # confirmed
+    fake.clear()
+    assert compute.resize_server(IID, "8") is True
+    assert calls(fake) == [listing]  # the name of flavor 8 is known now
+    assert fake.state.servers[server_id]["flavor"]["original_name"] == "m1.medium"
+    fake.fail("GET", "/compute/v2.1/flavors/9", 404)
+    with pytest.raises(ComputeError, match="flavor 9 does not exist") as err:
+        compute.resize_server(IID, "9")
+    assert not err.value.transient
+
+
+def test_resize_server_in_error_is_permanent(fake: FakeOpenStack, compute: OpenStackCompute) -> None:
+    _, _, server_id = build(fake, compute)
+    fake.set_server_status("ACTIVE")
+    assert compute.resize_server(IID, "8") is False
+    fake.set_server_status("ERROR")
+    fake.state.servers[server_id]["fault"] = {"code": 500, "message": "No valid host was found."}
+    fake.clear()
+    with pytest.raises(ComputeError, match="is in ERROR: No valid host was found") as err:
+        compute.resize_server(IID, "8")
+    assert not err.value.transient
+    assert calls(fake) == [f"GET /compute/v2.1/servers/detail?name=^troveless-{IID}$"]
+    fake.state.servers.clear()
+    with pytest.raises(ComputeError, match="has no server") as err:
+        compute.resize_server(IID, "8")
+    assert not err.value.transient
+
+
 def test_settings_and_runtime_choose_the_driver(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("TROVELESS_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("TROVELESS_COMPUTE", "openstack")
@@ -388,6 +487,7 @@ def test_local_driver_answers_the_ready_questions(tmp_path) -> None:  # type: ig
     assert not local.volume_ready("i-1") and local.server_status("i-1") is None
     (tmp_path / "i-1" / "volume").mkdir(parents=True)  # what allocate_volume makes
     assert local.volume_ready("i-1") and local.server_status("i-1") is None
+    assert local.resize_server("i-1", "8") is True  # no flavor: the guest applies the memory settings
 
 
 # ---- the provision and teardown workflows with TROVELESS_COMPUTE=openstack ---------------
@@ -437,11 +537,76 @@ def test_workflows_drive_the_cloud(api, fake: FakeOpenStack, monkeypatch: pytest
     assert (server["image"]["id"], server["flavor"]["original_name"]) == ("img-pg-15", "2")
     assert volume["size"] == 3 and volume["status"] == "in-use"
 
+    # A flavor resize moves the Nova server before the guest is told: resize_server polls
+    # through its retries (each due attempt re-emitted by the sweeper) until Nova is done.
+    from functions.core import workflow as runner
+    from functions.core.models.instance import ServiceStatus
+    from functions.core.models.platform import WorkflowRun
+    from functions.core.states import ServiceStatus as SS
+    from functions.core.states import Task
+
+    with runtime().transaction() as s:
+        inst = s.get(Instance, iid)
+        inst.task_id, inst.server_status = Task.NONE, "ACTIVE"  # type: ignore[union-attr]
+        svc = s.execute(select(ServiceStatus).where(ServiceStatus.instance_id == iid)).scalar_one()
+        svc.status_id = SS.HEALTHY.code
+    fake.set_server_status("ACTIVE")
+    assert api("POST", f"/instances/{iid}/action", json={"resize": {"flavorRef": "1"}}).status_code == 202
+    (grow,) = take_step_events("resize")
+    polled = deliver(grow)
+    assert registry_step(polled) == "resize_server"
+    actions = []
+    for finish in (fake.finish_resizes, lambda: None):
+        fake.clear()
+        assert deliver(polled) is None  # not done yet: a transient failure, retried in 5 s
+        actions += [r.body for r in fake.api_requests() if r.method == "POST"]
+        finish()
+        with runtime().transaction() as s:
+            (polled,) = runner.sweep(s, now=runner.utcnow() + dt.timedelta(seconds=6))
+    assert actions == [{"resize": {"flavorRef": "1"}}, {"confirmResize": None}]
+    assert (server["status"], server["flavor"]["original_name"]) == ("ACTIVE", "1")
+    assert registry_step(deliver(polled)) == "send_resize"
+    with runtime().sessions() as s:
+        run = s.execute(select(WorkflowRun).where(WorkflowRun.workflow == "resize")).scalar_one()
+        assert (run.step, run.completed) == ("send_resize", ["grow_volume", "resize_server"])
+
     assert api("DELETE", f"/instances/{iid}").status_code == 202
     drive("teardown")
     assert not (fake.state.servers or fake.state.volumes or fake.state.ports or fake.state.groups)
     assert api("GET", f"/instances/{iid}").status_code == 404
     reset_runtime()
+
+
+def test_resize_server_step_skips_volume_resizes(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The workflow step: a volume-only resize never asks compute; a flavor resize with the
+    local driver is done at once; a Nova resize in progress is a transient failure (polled)."""
+    from types import SimpleNamespace
+
+    from functions.core import resizing
+    from functions.core.workflow import StepContext
+    from functions.drivers.compute_local import LocalCompute
+
+    asked: list[tuple[str, str]] = []
+
+    class Moving:
+        def resize_server(self, instance_id: str, flavor_id: str) -> bool:
+            asked.append((instance_id, flavor_id))
+            return False
+
+    def ctx(**context: object) -> StepContext:
+        return StepContext(session=None, run_id="r", workflow="resize", step="resize_server",  # type: ignore[arg-type]
+                           attempt=1, resource_id="i-1", context=dict(context), now=dt.datetime.now(dt.UTC))
+
+    deps = SimpleNamespace(compute=Moving())
+    monkeypatch.setattr(resizing, "_deps", lambda: deps)
+    assert resizing.resize_server(ctx(volume_size=5)) is None and asked == []
+    with pytest.raises(resizing.ServerResizing):
+        resizing.resize_server(ctx(flavor_id="2"))
+    assert asked == [("i-1", "2")]
+    deps.compute = LocalCompute(tmp_path)
+    assert resizing.resize_server(ctx(flavor_id="2")) is None
+    assert [s.name for s in resizing.RESIZE.steps] == [
+        "grow_volume", "resize_server", "send_resize", "wait_resized", "finish_resize"]
 
 
 def registry_step(message):  # type: ignore[no-untyped-def]
