@@ -130,7 +130,19 @@ class LocalPlatform:
                 return inst
             return None
 
-        return wait_for(reached, timeout_s=timeout_s, interval_s=0.2, what=f"{instance_id} {status}/{operating}")
+        try:
+            return wait_for(reached, timeout_s=timeout_s, interval_s=0.2, what=f"{instance_id} {status}/{operating}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.diagnose(instance_id)}") from None
+
+    def diagnose(self, instance_id: str) -> str:
+        """What a timed-out wait needs to be understood after the fact: the instance as the
+        API shows it, the platform's log and the guest agent's log (tails)."""
+        parts = [f"instance: {self.show(instance_id)}", f"platform log:\n{self.log()[-6000:]}"]
+        agent_log = self.data_dir / "instances" / instance_id / "logs" / "agent.log"
+        if agent_log.exists():
+            parts.append(f"agent log:\n{agent_log.read_text(errors='replace')[-4000:]}")
+        return "\n".join(parts)
 
     def cleanup(self) -> None:
         self.stop()
